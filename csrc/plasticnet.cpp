@@ -1,0 +1,28 @@
+// The one place that declares plasticnet's operator schemas. Kernels register
+// implementations beside their code: csrc/cpu (CPU key), csrc/cuda (CUDA key),
+// plasticnet/ops/triton_residual_aggregate.py (the *_triton ops, from Python).
+// Autograd and fake (meta) kernels are registered in plasticnet/ops/residual_aggregate.py.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// `import plasticnet._C` loads this library, which runs the registrations
+// below. The module itself has no Python API: everything goes through torch.ops.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}
+}
+
+TORCH_LIBRARY(plasticnet, m) {
+  // y = act(x + sum_k mask[k] * gates[k] * branches[k]),  activation in {"relu", "none"}.
+  // Kernels: csrc/cpu/residual_aggregate.cpp, csrc/cuda/residual_aggregate.cu.
+  m.def("residual_aggregate(Tensor x, Tensor[] branches, Tensor gates, Tensor mask, str activation) -> Tensor");
+  // Returns (grad_x, grad_branches, contributions) where, with dz = grad_out * act'(out):
+  //   grad_x = dz, grad_branches[k] = mask[k]*gates[k]*dz, contributions[k] = sum(dz * branches[k]).
+  // `out` is the forward's result (relu' is read off it). contributions: fp32 (fp64 for fp64 inputs).
+  m.def("residual_aggregate_backward(Tensor grad_out, Tensor out, Tensor[] branches, Tensor gates, Tensor mask, str activation) -> (Tensor, Tensor[], Tensor)");
+  // The same contract, implemented by the Triton kernels (CUDA; CPU under TRITON_INTERPRET=1).
+  m.def("residual_aggregate_triton(Tensor x, Tensor[] branches, Tensor gates, Tensor mask, str activation) -> Tensor");
+  m.def("residual_aggregate_triton_backward(Tensor grad_out, Tensor out, Tensor[] branches, Tensor gates, Tensor mask, str activation) -> (Tensor, Tensor[], Tensor)");
+}

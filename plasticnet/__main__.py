@@ -1,0 +1,3 @@
+from plasticnet.cli import main
+
+raise SystemExit(main())

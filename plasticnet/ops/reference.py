@@ -1,0 +1,31 @@
+"""Plain-PyTorch residual aggregation: the numerical oracle every backend is tested against,
+and the `reference` backend (autograd by PyTorch itself)."""
+import torch
+
+
+def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 accumulation for every input dtype but float64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def residual_aggregate_reference(x, branches, gates, mask, activation: str = "relu"):
+    """y = act(x + sum_k mask[k]*gates[k]*branches[k]), accumulated in fp32 (fp64 for fp64)."""
+    acc = accumulate_dtype(x.dtype)
+    scales = mask.to(acc) * gates.to(acc)
+    z = x.to(acc)
+    for k, h in enumerate(branches):
+        z = z + scales[k] * h.to(acc)
+    y = torch.relu(z) if activation == "relu" else z
+    return y.to(x.dtype)
+
+
+def residual_aggregate_backward_reference(grad_out, out, branches, gates, mask, activation: str = "relu"):
+    """(grad_x, grad_branches, contributions) exactly as the backward kernels define them."""
+    acc = accumulate_dtype(out.dtype)
+    dz = grad_out.to(acc)
+    if activation == "relu":
+        dz = dz * (out > 0)
+    scales = mask.to(acc) * gates.to(acc)
+    grad_branches = [(scales[k] * dz).to(out.dtype) for k in range(len(branches))]
+    contributions = torch.stack([(dz * h.to(acc)).sum() for h in branches]) if branches else dz.new_zeros(0)
+    return dz.to(out.dtype), grad_branches, contributions

@@ -1,0 +1,105 @@
+"""The public residual_aggregate: argument checks, backend dispatch, and the autograd and
+fake (meta) registrations of the compiled ops declared in csrc/plasticnet.cpp."""
+from collections.abc import Sequence
+
+import torch
+
+from plasticnet import _extension
+from plasticnet.ops.backends import resolve_backend
+from plasticnet.ops.reference import accumulate_dtype, residual_aggregate_reference
+
+ACTIVATIONS = ("relu", "none")
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def _check_inputs(x, branches, gates, mask, activation) -> None:
+    """Raise TypeError/ValueError naming the argument, what it got and what was expected."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x: expected a Tensor, got {type(x).__name__}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"x: expected dtype float32, bfloat16, float16 or float64, got {x.dtype}")
+    for k, h in enumerate(branches):
+        if not isinstance(h, torch.Tensor):
+            raise TypeError(f"branches[{k}]: expected a Tensor, got {type(h).__name__}")
+        if h.shape != x.shape:
+            raise ValueError(f"branches[{k}]: expected x's shape {tuple(x.shape)}, got {tuple(h.shape)}")
+        if h.dtype != x.dtype:
+            raise TypeError(f"branches[{k}]: expected x's dtype {x.dtype}, got {h.dtype}")
+        if h.device != x.device:
+            raise ValueError(f"branches[{k}]: expected x's device {x.device}, got {h.device}")
+    for name, v in (("gates", gates), ("mask", mask)):
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"{name}: expected a Tensor of shape ({len(branches)},), got {type(v).__name__}")
+        if not v.is_floating_point():
+            raise TypeError(f"{name}: expected a floating dtype, got {v.dtype}")
+        if v.shape != (len(branches),):
+            raise ValueError(f"{name}: expected shape ({len(branches)},) (one per branch), got {tuple(v.shape)}")
+        if v.device != x.device:
+            raise ValueError(f"{name}: expected x's device {x.device}, got {v.device}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation: expected one of {list(ACTIVATIONS)}, got {activation!r}")
+
+
+def residual_aggregate(x: torch.Tensor, branches: Sequence[torch.Tensor], gates: torch.Tensor,
+                       mask: torch.Tensor, *, activation: str = "relu", backend: str | None = None,
+                       scores=None, slots: torch.Tensor | None = None) -> torch.Tensor:
+    """y = act(x + sum_k mask[k] * gates[k] * branches[k]), in one fused pass forward and backward.
+
+    x and every branch share shape, dtype (fp32, bf16, fp16, fp64) and device; any layout.
+    gates, mask: floating tensors of shape (K,). Accumulation is fp32 (fp64 for fp64); y has
+    x's dtype and layout. The backward also computes each branch's contribution
+    c_k = sum(dz * branches[k]) and returns grad gates = mask*c and grad mask = gates*c.
+
+    backend: None (fastest available for x's device), "reference", "cpu", "cuda" or "triton".
+    scores: a plasticnet.plasticity.PathScores that records c_k after every backward, without
+    host synchronisation; `slots` maps branch k to its slot (default: slot k).
+    """
+    branches = list(branches) if isinstance(branches, (list, tuple)) else branches
+    if not isinstance(branches, list):
+        raise TypeError(f"branches: expected a list or tuple of Tensors, got {type(branches).__name__}")
+    _check_inputs(x, branches, gates, mask, activation)
+    backend = resolve_backend(backend, x.device)
+    if scores is not None:
+        gates = scores.tap(gates, slots)
+    if backend == "reference":
+        return residual_aggregate_reference(x, branches, gates, mask, activation)
+    op = torch.ops.plasticnet.residual_aggregate_triton if backend == "triton" else torch.ops.plasticnet.residual_aggregate
+    return op(x, branches, gates, mask, activation)
+
+
+# ---- registrations on the compiled ops (shared by the C++/CUDA and the Triton family) ----
+
+def _fake_forward(x, branches, gates, mask, activation):
+    # empty_like keeps x's strides when x is dense, else picks its suggested memory format:
+    # exactly the layout the kernels write.
+    return torch.empty_like(x)
+
+
+def _fake_backward(grad_out, out, branches, gates, mask, activation):
+    return (torch.empty_like(out), [torch.empty_like(out) for _ in branches],
+            out.new_empty((len(branches),), dtype=accumulate_dtype(out.dtype)))
+
+
+def _setup_context(ctx, inputs, output):
+    x, branches, gates, mask, activation = inputs
+    ctx.activation = activation
+    ctx.save_for_backward(output, gates, mask, *branches)
+
+
+def _make_backward(backward_op):
+    def backward(ctx, grad_out):
+        out, gates, mask, *branches = ctx.saved_tensors
+        grad_x, grad_branches, contributions = backward_op(grad_out, out, branches, gates, mask, ctx.activation)
+        grad_gates = (mask.to(contributions.dtype) * contributions).to(gates.dtype)
+        grad_mask = (gates.to(contributions.dtype) * contributions).to(mask.dtype)
+        return grad_x, list(grad_branches), grad_gates, grad_mask, None
+    return backward
+
+
+if _extension.loaded:
+    for _name in ("residual_aggregate", "residual_aggregate_triton"):
+        _backward_name = f"plasticnet::{_name}_backward"
+        torch.library.register_fake(f"plasticnet::{_name}")(_fake_forward)
+        torch.library.register_fake(_backward_name)(_fake_backward)
+        torch.library.register_autograd(f"plasticnet::{_name}", _make_backward(getattr(torch.ops.plasticnet, f"{_name}_backward")),
+                                        setup_context=_setup_context)

@@ -1,0 +1,1 @@
+"""Triton kernels for residual_aggregate (being written)."""
