@@ -1,33 +1,42 @@
 # The README's two commands: `make train` and `make test`.
-# Both create .venv when missing, install the pinned toolchain, build the
-# extension without build isolation, then run. PYTHON=python3 (or any existing
-# interpreter) skips the venv and all installs: for machines without a registry.
-VENV        ?= .venv
-PYTHON      ?=
-TORCH_PINS  := torch==2.14.1 torchvision==0.29.1
-TOOLS       := ninja setuptools wheel numpy tqdm matplotlib pytest pytest-benchmark
+# Each creates .venv when missing, installs the pinned toolchain, builds the extension
+# without build isolation (again only when csrc/ or setup.py changed), then runs.
+# PYTHON=python3 (any existing interpreter with torch) skips the venv and every install and
+# builds the extension in place: for machines without a package registry.
+VENV       ?= .venv
+PYTHON     ?=
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+TOOLS      := ninja setuptools wheel numpy tqdm matplotlib pytest pytest-benchmark
+SOURCES    := setup.py $(shell find csrc -type f)
 
-ifeq ($(strip $(PYTHON)),)
-PY       := $(VENV)/bin/python
-SETUP    := $(VENV)/.installed
-else
-PY       := $(PYTHON)
-SETUP    :=
-endif
-
-TRAIN_ARGS ?= --dataset synthetic --epochs 2 --out runs/make-train
+TRAIN_ARGS ?= --dataset synthetic --device cpu --epochs 2 --out runs/make-train
 TEST_ARGS  ?=
 
-.PHONY: train test build bench clean
+ifeq ($(strip $(PYTHON)),)
+PY    := $(VENV)/bin/python
+BUILT := $(VENV)/.built
+else
+PY    := $(PYTHON)
+BUILT := inplace
+endif
 
-$(VENV)/.installed: setup.py
+.PHONY: train test build bench inplace clean
+
+$(VENV)/.installed:
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --upgrade pip
-	$(VENV)/bin/python -m pip install $(TORCH_PINS) $(TOOLS)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet $(TORCH_PINS) $(TOOLS)
 	touch $@
 
-build: $(SETUP)
-	$(PY) -m pip install --no-build-isolation --no-deps -e . -v >build.log 2>&1 || (tail -n 80 build.log; exit 1)
+$(VENV)/.built: $(VENV)/.installed $(SOURCES)
+	$(PY) -m pip install --no-build-isolation --no-deps -v -e . >build.log 2>&1 || (tail -n 60 build.log; exit 1)
+	touch $@
+
+inplace:
+	$(PY) setup.py build_ext --inplace >build.log 2>&1 || (tail -n 60 build.log; exit 1)
+
+build: $(BUILT)
+	$(PY) -m plasticnet info
 
 train: build
 	$(PY) -m plasticnet train $(TRAIN_ARGS)
@@ -39,4 +48,4 @@ bench: build
 	$(PY) -m plasticnet bench --quick
 
 clean:
-	rm -rf build *.egg-info plasticnet/*.so build.log
+	rm -rf build *.egg-info plasticnet/_C*.so plasticnet/_build_info.json build.log $(VENV)/.built

@@ -22,6 +22,7 @@ def _triton_importable() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+@torch.compiler.assume_constant_result  # a fact of the process, not of the traced values
 def _unavailable(backend: str, device_type: str) -> str | None:
     """None when `backend` can run on `device_type`, else the reason it cannot."""
     if backend == "reference":
@@ -29,7 +30,11 @@ def _unavailable(backend: str, device_type: str) -> str | None:
     if not _extension.loaded:
         return _extension.unavailable_reason
     if backend == "cpu":
-        return None if device_type == "cpu" else f"the cpu backend takes CPU tensors, got {device_type} tensors"
+        if device_type != "cpu":
+            return f"the cpu backend takes CPU tensors, got {device_type} tensors"
+        if not torch._C._dispatch_has_kernel_for_dispatch_key("plasticnet::residual_aggregate", "CPU"):
+            return "plasticnet._C was built without its CPU kernels"
+        return None
     if backend == "cuda":
         if device_type != "cuda":
             return f"the cuda backend takes CUDA tensors, got {device_type} tensors"
@@ -37,9 +42,12 @@ def _unavailable(backend: str, device_type: str) -> str | None:
     if backend == "triton":
         if not _triton_importable():
             return "triton is not installed"
-        if device_type == "cuda" or (device_type == "cpu" and triton_interpreted()):
-            return None
-        return f"the triton backend takes CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got {device_type} tensors"
+        if not (device_type == "cuda" or (device_type == "cpu" and triton_interpreted())):
+            return f"the triton backend takes CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got {device_type} tensors"
+        dispatch_key = "CUDA" if device_type == "cuda" else "CPU"
+        if not torch._C._dispatch_has_kernel_for_dispatch_key("plasticnet::residual_aggregate_triton", dispatch_key):
+            return f"no Triton kernel is registered for {device_type} tensors"
+        return None
     raise AssertionError(backend)
 
 
