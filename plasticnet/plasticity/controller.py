@@ -1,0 +1,225 @@
+"""PlasticityController: drops the weakest residual paths of a plastic network and grows
+as many new ones, on RigL's schedule, keeping the budget of active paths.
+
+The model is anything with the PlasticResNet API (active_paths, candidate_paths, budget,
+gates, path, set_active, reinitialize_path, path_statistics, reset_path_statistics,
+probing); under DistributedDataParallel pass the wrapped module, not the wrapper.
+"""
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.distributed as dist
+
+from plasticnet.plasticity.criteria import (DROP_CRITERIA, DROP_SCORES, GROW_CRITERIA, Path, Scored, below,
+                                            probe_contributions, random_keys, strongest, weakest)
+from plasticnet.plasticity.schedules import RewireSchedule
+
+_MODEL_API = ("active_paths", "candidate_paths", "budget", "gates", "path", "set_active", "reinitialize_path",
+              "path_statistics", "reset_path_statistics", "probing")
+_DEFAULT_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class RewireEvent:
+    """One rewire: the optimizer step it happened at, and the (path, score) pairs that decided it.
+
+    Drop scores are those of the drop criterion (lower = weaker); grow scores are |c| from the
+    probe, or the uniform keys of random growth.
+    """
+
+    step: int
+    dropped: Scored
+    grown: Scored
+
+    @classmethod
+    def from_dict(cls, state: dict) -> "RewireEvent":
+        def scored(items):
+            return [((int(path[0]), int(path[1])), float(score)) for path, score in items]
+        return cls(int(state["step"]), scored(state["dropped"]), scored(state["grown"]))
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _average_across_ranks(scores: torch.Tensor) -> torch.Tensor:
+    if _distributed():
+        dist.all_reduce(scores, op=dist.ReduceOp.SUM)  # gloo has no ReduceOp.AVG
+        scores /= dist.get_world_size()
+    return scores
+
+
+def _verify_same_topology(active: list[Path], when: str) -> None:
+    """Raise RuntimeError naming the ranks whose active paths differ from rank 0's."""
+    if not _distributed():
+        return
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, tuple(active))
+    reference = set(everyone[0])
+    differing = {rank: topology for rank, topology in enumerate(everyone) if set(topology) != reference}
+    if differing:
+        details = "; ".join(f"rank {rank} lacks {sorted(reference - set(topology))} and has "
+                            f"{sorted(set(topology) - reference)}" for rank, topology in differing.items())
+        raise RuntimeError(f"ranks {sorted(differing)} hold different active paths than rank 0 {when}: {details}")
+
+
+def _positive_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+class PlasticityController:
+    """Rewires a plastic network during training.
+
+    Call `step()` after every `optimizer.step()` and before `optimizer.zero_grad()` (the
+    "gradient" criterion reads the gradients of that step). Every `interval` steps while
+    step < end_fraction * total_steps it drops paths and grows as many inactive candidates:
+
+    drop: "gate" (smallest |g|), "threshold" (every |g| below `threshold`, default 0.5; may
+      drop none or many), "gradient" (smallest summed |grad W| of the path body), "taylor"
+      (smallest EMA |g * c| from the model's path statistics).
+    grow: "random" (uniform among inactive candidates, seeded) or "probe": `step(probe=closure)`
+      runs closure() (loss on one batch + backward) with every inactive candidate computed at
+      gate 0, and grows the largest |c|. The probe's gradients are set to None afterwards.
+    drop_count: "fraction" drops round(fraction_t * budget) paths, at least one, with
+      fraction_t = fraction * (1 + cos(pi * step / (end_fraction * total_steps))) / 2 (RigL);
+      an int drops that many per rewire (the original PlasticNet dropped 1).
+
+    Never more paths are dropped than there are inactive candidates to replace them, a path
+    grown at one rewire cannot be dropped at the next, and a path dropped at a rewire is not
+    regrown by the same rewire. Grown paths start with gate 0 and fresh weights (the network's
+    function is unchanged by growth); the optimizer state of grown and dropped paths is deleted
+    and their statistics reset. Decisions and fresh weights come from a private generator
+    seeded by `seed`; the global RNG is left as it was. Under torch.distributed, scores are
+    averaged across ranks before deciding, and every rank's active paths are compared before
+    and after each rewire (RuntimeError on a mismatch). A step that does not rewire touches no
+    tensor, so it never synchronises the host.
+    """
+
+    def __init__(self, model, optimizer: torch.optim.Optimizer, *, drop: str = "taylor", grow: str = "probe",
+                 fraction: float = 0.3, interval: int = 100, total_steps: int, end_fraction: float = 0.75,
+                 seed: int = 0, threshold: float | None = None, drop_count: str | int = "fraction"):
+        missing = [name for name in _MODEL_API if not hasattr(model, name)]
+        if missing:
+            raise TypeError(f"model: expected a plastic network (PlasticResNet API), got {type(model).__name__} "
+                            f"lacking {missing}")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if drop not in DROP_CRITERIA:
+            raise ValueError(f"drop: expected one of {list(DROP_CRITERIA)}, got {drop!r}")
+        if grow not in GROW_CRITERIA:
+            raise ValueError(f"grow: expected one of {list(GROW_CRITERIA)}, got {grow!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
+        if threshold is not None and drop != "threshold":
+            raise ValueError(f"threshold: only drop='threshold' uses it, got threshold={threshold!r} with drop={drop!r}")
+        if threshold is not None and not _positive_number(threshold):
+            raise ValueError(f"threshold: expected a positive number, got {threshold!r}")
+        if drop_count != "fraction":
+            if isinstance(drop_count, bool) or not isinstance(drop_count, int) or drop_count < 1:
+                raise ValueError(f"drop_count: expected 'fraction' or a positive int, got {drop_count!r}")
+            if drop == "threshold":
+                raise ValueError(f"drop_count: drop='threshold' drops every path below the threshold, "
+                                 f"so it takes no drop_count (got {drop_count!r})")
+        self.model = model
+        self.optimizer = optimizer
+        self.drop = drop
+        self.grow = grow
+        self.schedule = RewireSchedule(fraction, interval, total_steps, end_fraction)
+        self.threshold = _DEFAULT_THRESHOLD if threshold is None else float(threshold)
+        self.drop_count = drop_count
+        self.step_count = 0
+        self.history: list[RewireEvent] = []
+        self._generator = torch.Generator().manual_seed(seed)
+        self._protected: set[Path] = set()
+
+    def step(self, probe=None) -> RewireEvent | None:
+        """Count one optimizer step; on a rewire step, rewire and return what changed.
+
+        probe: with grow="probe", a closure that computes the loss on one batch and calls
+        backward; required on rewire steps, ignored on the others.
+        """
+        self.step_count += 1
+        if not self.schedule.is_rewire_step(self.step_count):
+            return None
+        if self.grow == "probe" and probe is None:
+            raise ValueError(f"probe: grow='probe' needs step(probe=closure) on rewire steps (step {self.step_count} "
+                             "is one), where closure() computes the loss on one batch and calls backward()")
+        event = self._rewire(probe)
+        self.history.append(event)
+        return event
+
+    def _rewire(self, probe) -> RewireEvent:
+        active = self.model.active_paths()
+        _verify_same_topology(active, f"before the rewire at step {self.step_count}")
+        growable = sorted(set(self.model.candidate_paths()) - set(active))
+        droppable = [path for path in active if path not in self._protected]
+        dropped = self._choose_drops(droppable)[:len(growable)]
+        grown = self._choose_grows(growable, len(dropped), probe) if dropped else []
+        self._apply(active, [path for path, _ in dropped], [path for path, _ in grown])
+        _verify_same_topology(self.model.active_paths(), f"after the rewire at step {self.step_count}")
+        return RewireEvent(self.step_count, dropped, grown)
+
+    def _choose_drops(self, droppable: list[Path]) -> Scored:
+        if not droppable:
+            return []
+        scored = self._scored(droppable, DROP_SCORES[self.drop](self.model, droppable))
+        if self.drop == "threshold":
+            return below(scored, self.threshold)
+        count = (self.schedule.drop_count(self.step_count, self.model.budget) if self.drop_count == "fraction"
+                 else self.drop_count)
+        return weakest(scored, count)
+
+    def _choose_grows(self, growable: list[Path], count: int, probe) -> Scored:
+        if self.grow == "probe":
+            scores = probe_contributions(self.model, growable, probe)
+        else:
+            # On the model's device so that all_reduce works on every backend (NCCL takes CUDA tensors only).
+            device = self.model.path(*growable[0]).gate.device
+            scores = random_keys(len(growable), self._generator).to(device)
+        return strongest(self._scored(growable, scores), count)
+
+    def _scored(self, paths: list[Path], scores: torch.Tensor) -> Scored:
+        values = _average_across_ranks(scores).tolist()  # the one host synchronisation of a decision
+        non_finite = [path for path, value in zip(paths, values) if not math.isfinite(value)]
+        if non_finite:
+            raise RuntimeError(f"non-finite scores for paths {non_finite} at step {self.step_count}: "
+                               "the training has diverged, or the model's statistics are corrupt")
+        return list(zip(paths, values))
+
+    def _apply(self, active: list[Path], dropped: list[Path], grown: list[Path]) -> None:
+        self._protected = set(grown)
+        if not dropped:
+            return
+        for path in grown:
+            self._reinitialize(path)
+        self.model.set_active(sorted(set(active).difference(dropped).union(grown)))
+        for path in dropped + grown:
+            # Momentum or Adam moments of a path's previous life would steer its fresh weights.
+            for param in self.model.path(*path).parameters():
+                self.optimizer.state.pop(param, None)
+        self.model.reset_path_statistics(dropped + grown)
+
+    def _reinitialize(self, path: Path) -> None:
+        """Fresh weights drawn from a seed of the controller's generator, in a forked global RNG:
+        every rank draws the same weights (DDP broadcasts parameters only at construction), a
+        resumed run draws them again, and the training's own random stream is left untouched."""
+        seed = int(torch.randint(2**62, (1,), generator=self._generator))
+        cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+        with torch.random.fork_rng(devices=cuda_devices):
+            torch.manual_seed(seed)
+            self.model.reinitialize_path(*path)
+
+    def state_dict(self) -> dict:
+        """Plain Python values and one tensor: loads with torch.load(weights_only=True)."""
+        return {"step_count": self.step_count, "generator": self._generator.get_state(),
+                "protected": sorted(self._protected), "history": [asdict(event) for event in self.history]}
+
+    def load_state_dict(self, state: dict) -> None:
+        missing = {"step_count", "generator", "protected", "history"} - set(state)
+        if missing:
+            raise ValueError(f"state: expected a PlasticityController state_dict, missing keys {sorted(missing)}")
+        self.step_count = int(state["step_count"])
+        self._generator.set_state(state["generator"])
+        self._protected = {(int(i), int(j)) for i, j in state["protected"]}
+        self.history = [RewireEvent.from_dict(event) for event in state["history"]]
