@@ -1,0 +1,182 @@
+"""Triton kernels for residual_aggregate and the launchers that implement the *_triton ops.
+
+Requires triton (plasticnet/ops/triton_residual_aggregate.py imports this module only when it
+is installed). The launchers take CPU tensors when TRITON_INTERPRET=1 was set before import,
+which is how CI runs these kernels without a GPU.
+
+Every tensor is walked as one flat array (the layout contract of csrc/layout.h): inputs that
+do not share x's dense stride order are copied once into it, outputs are torch.empty_like of
+the layout reference, exactly as the fake kernels in residual_aggregate.py promise.
+
+The branches reach a kernel as a tuple of tensors, which Triton specialises on its length:
+each kernel reads every branch once, with no stacked copy. One launch takes at most
+MAX_BRANCHES_PER_PASS branches; more are chained in passes of that many, each further pass
+costing one more read and write of N elements in the forward (which carries the running sum in
+the accumulation dtype) and one more read in the backward (which re-reads dz from grad_x).
+"""
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+
+from plasticnet.ops.backends import triton_interpreted
+from plasticnet.ops.reference import accumulate_dtype
+from plasticnet.ops.residual_aggregate import _check_inputs
+
+MAX_BRANCHES_PER_PASS = 8
+
+
+def _block_configs() -> list[triton.Config]:
+    # The interpreter runs each program in numpy: one small block keeps CPU tests fast and still
+    # spreads odd test shapes over several programs (and a ragged last block).
+    if triton_interpreted():
+        return [triton.Config({"BLOCK": 256})]
+    return [triton.Config({"BLOCK": block}, num_warps=warps)
+            for block in (1024, 2048, 4096) for warps in (4, 8)]
+
+
+_CONFIGS = _block_configs()
+# The backward's partial-sum buffer has one column per program of the smallest block, so it is
+# large enough whatever block the autotuner picks.
+_MIN_BLOCK = min(config.kwargs["BLOCK"] for config in _CONFIGS)
+
+
+@triton.autotune(configs=_CONFIGS, key=["n_elements", "NUM_BRANCHES"])
+@triton.jit
+def _aggregate_forward_kernel(out_ptr, x_ptr, branch_ptrs, scales_ptr, n_elements,
+                              NUM_BRANCHES: tl.constexpr, RELU: tl.constexpr, BLOCK: tl.constexpr):
+    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    in_bounds = offsets < n_elements
+    # The scales are stored in the accumulation dtype (fp32, fp64 for fp64 inputs).
+    acc_type = scales_ptr.dtype.element_ty
+    z = tl.load(x_ptr + offsets, mask=in_bounds).to(acc_type)
+    for k in tl.static_range(NUM_BRANCHES):
+        z += tl.load(scales_ptr + k) * tl.load(branch_ptrs[k] + offsets, mask=in_bounds).to(acc_type)
+    if RELU:
+        z = tl.where(z < 0, 0, z)  # not tl.maximum, which may turn NaN into 0 on GPUs
+    tl.store(out_ptr + offsets, z.to(out_ptr.dtype.element_ty), mask=in_bounds)
+
+
+@triton.autotune(configs=_CONFIGS, key=["n_elements", "NUM_BRANCHES"])
+@triton.jit
+def _aggregate_backward_kernel(grad_x_ptr, grad_branch_ptrs, partials_ptr, grad_out_ptr, out_ptr,
+                               branch_ptrs, scales_ptr, n_elements, partials_row_stride,
+                               NUM_BRANCHES: tl.constexpr, RELU: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    offsets = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    in_bounds = offsets < n_elements
+    acc_type = scales_ptr.dtype.element_ty
+    dz = tl.load(grad_out_ptr + offsets, mask=in_bounds, other=0).to(acc_type)
+    if RELU:
+        dz = tl.where(tl.load(out_ptr + offsets, mask=in_bounds, other=0) > 0, dz, 0)
+    if grad_x_ptr is not None:
+        tl.store(grad_x_ptr + offsets, dz.to(grad_x_ptr.dtype.element_ty), mask=in_bounds)
+    for k in tl.static_range(NUM_BRANCHES):
+        h = tl.load(branch_ptrs[k] + offsets, mask=in_bounds, other=0).to(acc_type)
+        # Stage one of the contribution reduction: one partial per (branch, program), no atomics.
+        tl.store(partials_ptr + k * partials_row_stride + pid, tl.sum(dz * h, axis=0))
+        grad_h = tl.load(scales_ptr + k) * dz
+        tl.store(grad_branch_ptrs[k] + offsets, grad_h.to(grad_branch_ptrs[k].dtype.element_ty), mask=in_bounds)
+
+
+def _device_of(t: torch.Tensor):
+    # Triton launches on the current CUDA device, which need not be the tensors' one.
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def _in_layout_of(t: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """t when it shares the dense reference's strides (and so is dense itself), else one copy of t
+    into that layout."""
+    return t if t.stride() == reference.stride() else torch.empty_like(reference).copy_(t)
+
+
+def _check_like(name: str, t, reference_name: str, reference: torch.Tensor) -> None:
+    """t (called name) must be a tensor with the shape, dtype and device of reference (as csrc/layout.h checks)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a Tensor, got {type(t).__name__}")
+    if t.shape != reference.shape:
+        raise ValueError(f"{name}: expected {reference_name}'s shape {tuple(reference.shape)}, got {tuple(t.shape)}")
+    if t.dtype != reference.dtype:
+        raise TypeError(f"{name}: expected {reference_name}'s dtype {reference.dtype}, got {t.dtype}")
+    if t.device != reference.device:
+        raise ValueError(f"{name}: expected {reference_name}'s device {reference.device}, got {t.device}")
+
+
+def _slot_scales(dtype: torch.dtype, gates: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """s_k = mask_k * gates_k in the accumulation dtype, computed on the device: no host sync."""
+    acc = accumulate_dtype(dtype)
+    return (gates.to(acc) * mask.to(acc)).contiguous()
+
+
+def _grid(n_elements: int):
+    """One program per block of whatever size the autotuner picks."""
+    return lambda meta: (triton.cdiv(n_elements, meta["BLOCK"]),)
+
+
+def _passes(num_branches: int) -> list[slice]:
+    """The branch ranges of the chained launches: one range, possibly empty, for K <= the maximum."""
+    starts = range(0, num_branches, MAX_BRANCHES_PER_PASS) if num_branches else [0]
+    return [slice(start, start + MAX_BRANCHES_PER_PASS) for start in starts]
+
+
+def residual_aggregate_triton(x: torch.Tensor, branches: list[torch.Tensor], gates: torch.Tensor,
+                              mask: torch.Tensor, activation: str) -> torch.Tensor:
+    """y = act(x + sum_k mask[k]*gates[k]*branches[k]) by the Triton forward kernel."""
+    _check_inputs(x, branches, gates, mask, activation)
+    # empty_like keeps x's strides when x is dense, else picks the layout x suggests: the layout
+    # every operand is walked in.
+    out = torch.empty_like(x)
+    x = _in_layout_of(x, out)
+    branches = [_in_layout_of(h, out) for h in branches]
+    scales = _slot_scales(x.dtype, gates, mask)
+    n_elements = x.numel()
+    if n_elements == 0:
+        return out
+    grid = _grid(n_elements)
+    passes = _passes(len(branches))
+    running = x
+    with _device_of(x):
+        for i, slots in enumerate(passes):
+            last = i == len(passes) - 1
+            # Between chained passes the running sum stays in the accumulation dtype.
+            target = out if last else torch.empty_like(x, dtype=scales.dtype)
+            _aggregate_forward_kernel[grid](target, running, tuple(branches[slots]), scales[slots], n_elements,
+                                            NUM_BRANCHES=len(branches[slots]), RELU=last and activation == "relu")
+            running = target
+    return out
+
+
+def residual_aggregate_triton_backward(grad_out: torch.Tensor, out: torch.Tensor, branches: list[torch.Tensor],
+                                       gates: torch.Tensor, mask: torch.Tensor, activation: str):
+    """(grad_x, grad_branches, contributions) by the Triton backward kernel.
+
+    With dz = grad_out * act'(out): grad_x = dz, grad_branches[k] = mask[k]*gates[k]*dz and
+    contributions[k] = sum(dz * branches[k]) in fp32 (fp64 for fp64), for every slot. The
+    contributions are reduced deterministically: per-program partials, then a fixed-order sum.
+    """
+    _check_inputs(out, branches, gates, mask, activation)
+    _check_like("grad_out", grad_out, "out", out)
+    grad_x = torch.empty_like(out)
+    out, grad_out = _in_layout_of(out, grad_x), _in_layout_of(grad_out, grad_x)
+    branches = [_in_layout_of(h, grad_x) for h in branches]
+    scales = _slot_scales(out.dtype, gates, mask)
+    grad_branches = [torch.empty_like(out) for _ in branches]
+    n_elements = out.numel()
+    # Zero-filled so that columns past the programs of a larger autotuned block add exact zeros.
+    partials = torch.zeros((len(branches), triton.cdiv(n_elements, _MIN_BLOCK)), dtype=scales.dtype,
+                           device=out.device)
+    if n_elements > 0:
+        grid = _grid(n_elements)
+        with _device_of(out):
+            for i, slots in enumerate(_passes(len(branches))):
+                first = i == 0
+                # grad_x holds dz exactly (masking grad_out never rounds), so later passes read it
+                # as their incoming gradient, with the activation already applied.
+                _aggregate_backward_kernel[grid](
+                    grad_x if first else None, tuple(grad_branches[slots]), partials[slots],
+                    grad_out if first else grad_x, out, tuple(branches[slots]), scales[slots], n_elements,
+                    partials.stride(0), NUM_BRANCHES=len(branches[slots]), RELU=first and activation == "relu")
+    # Stage two: a plain row sum over a buffer whose shape depends only on N and K, so the same
+    # inputs give the same bits on every call.
+    return grad_x, grad_branches, partials.sum(dim=1)

@@ -1,0 +1,260 @@
+"""The Triton kernels (plasticnet/ops/triton_kernels.py) against the plain-PyTorch reference.
+
+Without a GPU they run on CPU tensors in the Triton interpreter (tests/conftest.py sets
+TRITON_INTERPRET=1 before plasticnet is imported), so the shapes stay small and odd: several
+programs per launch and a ragged last block. The GPU-only tests skip without CUDA. The shared
+numerics harness (tests/test_residual_aggregate.py) covers the op's public surface.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
+from triton.runtime.jit import JITFunction  # noqa: E402
+
+from plasticnet import _extension  # noqa: E402
+from plasticnet.ops import residual_aggregate, triton_kernels  # noqa: E402
+from plasticnet.ops.backends import triton_interpreted  # noqa: E402
+from plasticnet.ops.reference import (residual_aggregate_backward_reference,  # noqa: E402
+                                      residual_aggregate_reference)
+
+# CPU tensors need the interpreter; a test parametrised over no device at all is reported skipped.
+DEVICES = [d for d, usable in (("cpu", triton_interpreted()), ("cuda", torch.cuda.is_available())) if usable]
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+needs_extension = pytest.mark.skipif(not _extension.loaded, reason=str(_extension.unavailable_reason))
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+# One pass, one full pass, and two chained passes.
+BRANCH_COUNTS = (0, 1, 3, triton_kernels.MAX_BRANCHES_PER_PASS, triton_kernels.MAX_BRANCHES_PER_PASS + 3)
+ODD_SHAPE = (3, 5, 7, 11)  # 1155 elements: several interpreter blocks, the last one ragged
+
+
+def make_operands(shape, num_branches, dtype, device, memory_format=torch.contiguous_format):
+    """x, branches, gates and a mask with some paths off, all fresh random."""
+    def draw():
+        return torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=memory_format)
+    gates = torch.randn(num_branches, device=device)
+    mask = (torch.rand(num_branches, device=device) > 0.3).float()
+    return draw(), [draw() for _ in range(num_branches)], gates, mask
+
+
+def assert_backward_matches_reference(grad_out, out, branches, gates, mask, activation, **contribution_tolerance):
+    grad_x, grad_branches, contributions = triton_kernels.residual_aggregate_triton_backward(
+        grad_out, out, branches, gates, mask, activation)
+    expected_x, expected_branches, expected_contributions = residual_aggregate_backward_reference(
+        grad_out, out, branches, gates, mask, activation)
+    torch.testing.assert_close(grad_x, expected_x)
+    assert len(grad_branches) == len(branches)
+    for actual, expected in zip(grad_branches, expected_branches):
+        torch.testing.assert_close(actual, expected)
+    torch.testing.assert_close(contributions, expected_contributions, **contribution_tolerance)
+    for grad in (grad_x, *grad_branches):
+        assert grad.stride() == torch.empty_like(out).stride()
+
+
+# Low-precision outputs are compared in their own dtype at assert_close's defaults: one rounding
+# apart at most (the interpreter truncates fp32 -> bf16 where GPUs round to nearest).
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("memory_format", (torch.contiguous_format, torch.channels_last), ids=("contiguous", "channels_last"))
+@pytest.mark.parametrize("activation", ("relu", "none"))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("num_branches", BRANCH_COUNTS)
+def test_forward_and_backward_match_reference(num_branches, dtype, activation, memory_format, device):
+    x, branches, gates, mask = make_operands(ODD_SHAPE, num_branches, dtype, device, memory_format)
+    out = triton_kernels.residual_aggregate_triton(x, branches, gates, mask, activation)
+    expected = residual_aggregate_reference(x, branches, gates, mask, activation)
+    torch.testing.assert_close(out, expected)
+    assert out.stride() == x.stride()
+    # The backward is fed the reference's output, so it is judged on its own.
+    grad_out = torch.randn_like(expected)
+    assert_backward_matches_reference(grad_out, expected, branches, gates, mask, activation)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mixed_and_strided_layouts_are_copied_into_the_layout_of_x(device):
+    x, branches, gates, mask = make_operands((4, 6, 5, 3), 3, torch.float32, device, torch.channels_last)
+    # A contiguous branch (another stride order) and a non-dense one (every other column).
+    branches[0] = branches[0].contiguous()
+    branches[1] = torch.randn(4, 6, 5, 6, device=device)[..., ::2]
+    out = triton_kernels.residual_aggregate_triton(x, branches, gates, mask, "relu")
+    torch.testing.assert_close(out, residual_aggregate_reference(x, branches, gates, mask, "relu"))
+    assert out.stride() == x.stride()
+
+    grad_out = torch.randn(3, 5, 6, 4, device=device).permute(3, 2, 1, 0)  # dense, but in no layout of out
+    assert_backward_matches_reference(grad_out, out, branches, gates, mask, "relu")
+
+    strided_x = torch.randn(5, 14, device=device)[:, ::2]
+    strided_branches = [torch.randn(5, 7, device=device)]
+    out = triton_kernels.residual_aggregate_triton(strided_x, strided_branches, gates[:1], mask[:1], "none")
+    torch.testing.assert_close(out, residual_aggregate_reference(strided_x, strided_branches, gates[:1], mask[:1], "none"))
+    assert out.stride() == torch.empty_like(strided_x).stride()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("num_branches", (0, 2))
+def test_empty_tensors(num_branches, device):
+    x, branches, gates, mask = make_operands((0, 3), num_branches, torch.float32, device)
+    out = triton_kernels.residual_aggregate_triton(x, branches, gates, mask, "relu")
+    assert out.shape == (0, 3)
+    grad_x, grad_branches, contributions = triton_kernels.residual_aggregate_triton_backward(
+        out, out, branches, gates, mask, "relu")
+    assert grad_x.shape == (0, 3) and [g.shape for g in grad_branches] == [(0, 3)] * num_branches
+    torch.testing.assert_close(contributions, torch.zeros(num_branches, device=device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_contributions_are_bitwise_deterministic(device):
+    x, branches, gates, mask = make_operands((9, 13, 17), 3, torch.float32, device)
+    out = triton_kernels.residual_aggregate_triton(x, branches, gates, mask, "relu")
+    grad_out = torch.randn_like(out)
+    first = triton_kernels.residual_aggregate_triton_backward(grad_out, out, branches, gates, mask, "relu")[2]
+    second = triton_kernels.residual_aggregate_triton_backward(grad_out, out, branches, gates, mask, "relu")[2]
+    assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_backward_rejects_a_grad_out_unlike_out(device):
+    x, branches, gates, mask = make_operands((4, 5), 2, torch.float32, device)
+    with pytest.raises(ValueError, match=r"grad_out: expected out's shape \(4, 5\), got \(5, 4\)"):
+        triton_kernels.residual_aggregate_triton_backward(torch.ones(5, 4, device=device), x, branches, gates, mask, "relu")
+    with pytest.raises(TypeError, match="grad_out: expected out's dtype torch.float32, got torch.float64"):
+        triton_kernels.residual_aggregate_triton_backward(x.double(), x, branches, gates, mask, "relu")
+
+
+class LaunchCounter:
+    """Counts the launches of one autotuned Triton kernel, passing each through."""
+
+    def __init__(self, kernel, monkeypatch):
+        self.launches = 0
+        self._run = kernel.run
+        monkeypatch.setattr(kernel, "run", self)
+
+    def __call__(self, *args, **kwargs):
+        self.launches += 1
+        return self._run(*args, **kwargs)
+
+
+@needs_extension
+@pytest.mark.skipif(not triton_interpreted(), reason="checks the interpreter path taken on CPU tensors")
+@pytest.mark.parametrize("num_branches, passes", ((3, 1), (triton_kernels.MAX_BRANCHES_PER_PASS + 1, 2)))
+def test_triton_backend_runs_the_interpreted_kernels_on_cpu(num_branches, passes, monkeypatch):
+    kernels = (triton_kernels._aggregate_forward_kernel, triton_kernels._aggregate_backward_kernel)
+    assert all(isinstance(kernel.fn, InterpretedFunction) for kernel in kernels)
+    forward, backward = (LaunchCounter(kernel, monkeypatch) for kernel in kernels)
+    x, branches, gates, mask = make_operands(ODD_SHAPE, num_branches, torch.float32, "cpu")
+    for t in (x, *branches, gates):
+        t.requires_grad_()
+    out = residual_aggregate(x, branches, gates, mask, backend="triton")
+    grad_out = torch.randn_like(out)
+    out.backward(grad_out)
+    assert (forward.launches, backward.launches) == (passes, passes)
+    torch.testing.assert_close(out, residual_aggregate_reference(x, branches, gates, mask))
+    _, _, contributions = residual_aggregate_backward_reference(grad_out, out, branches, gates, mask, "relu")
+    torch.testing.assert_close(gates.grad, mask * contributions)
+
+
+@needs_extension
+@pytest.mark.parametrize("device", DEVICES)
+def test_compiles_fullgraph_with_the_triton_backend(device):
+    x, branches, gates, mask = make_operands((2, 3, 5, 7), 3, torch.float32, device, torch.channels_last)
+    leaves = (x, *branches, gates)
+
+    def aggregate(x, branches, gates, mask):
+        return residual_aggregate(x, branches, gates, mask, backend="triton")
+
+    def run(fn):
+        inputs = [t.detach().requires_grad_() for t in leaves]
+        out = fn(inputs[0], inputs[1:-1], inputs[-1], mask)
+        out.backward(torch.ones_like(out))
+        return out, [t.grad for t in inputs]
+
+    eager_out, eager_grads = run(aggregate)
+    compiled_out, compiled_grads = run(torch.compile(aggregate, fullgraph=True))
+    torch.testing.assert_close(compiled_out, eager_out, rtol=0, atol=0)
+    torch.testing.assert_close(compiled_grads, eager_grads, rtol=0, atol=0)
+
+
+# ---- no GPU needed: the kernels still compile to sm_90 machine code, as they would on an H100 ----
+
+def compile_for_sm90(kernel, dtype: str, constexprs: dict):
+    """Ahead-of-time compile of an autotuned kernel's source; pointers named *_ptrs are tuples of
+    NUM_BRANCHES branch pointers, the scales and partials are fp32 (fp64 for fp64 inputs)."""
+    accumulate = "fp64" if dtype == "fp64" else "fp32"
+
+    def arg_type(name):
+        if name in constexprs:
+            return "constexpr"
+        if name.endswith("_ptrs"):
+            return (f"*{dtype}",) * constexprs["NUM_BRANCHES"]
+        if name in ("scales_ptr", "partials_ptr"):
+            return f"*{accumulate}"
+        return f"*{dtype}" if name.endswith("_ptr") else "i32"
+
+    # kernel.fn.fn: the undecorated Python function, whether or not the interpreter wraps it.
+    jit_function = JITFunction(kernel.fn.fn)
+    signature = {name: arg_type(name) for name in jit_function.arg_names}
+    return triton.compile(ASTSource(jit_function, signature, constexprs=constexprs), target=GPUTarget("cuda", 90, 32))
+
+
+BACKWARD_PASSES = {"first": {"RELU": True}, "chained": {"RELU": False, "grad_x_ptr": None}}
+
+
+SM90_DTYPES = ("fp32", "bf16", "fp16", "fp64")
+
+
+@pytest.mark.skipif(triton_interpreted(), reason="run by test_kernels_compile_for_sm90 in a process without the interpreter")
+@pytest.mark.parametrize("dtype", SM90_DTYPES)
+def test_kernels_compile_for_sm90_in_this_process(dtype):
+    constexprs = {"NUM_BRANCHES": triton_kernels.MAX_BRANCHES_PER_PASS, "BLOCK": 4096}
+    compiled = [compile_for_sm90(triton_kernels._aggregate_forward_kernel, dtype, {**constexprs, "RELU": True})]
+    passes = BACKWARD_PASSES.values() if dtype == "fp32" else [BACKWARD_PASSES["first"]]
+    compiled += [compile_for_sm90(triton_kernels._aggregate_backward_kernel, dtype, {**constexprs, **backward_pass})
+                 for backward_pass in passes]
+    assert all(kernel.asm["cubin"] for kernel in compiled)
+
+
+@pytest.mark.skipif(not triton_interpreted(), reason="test_kernels_compile_for_sm90_in_this_process runs here")
+def test_kernels_compile_for_sm90():
+    # Once an interpreted kernel has run, the interpreter's patches of triton.language stay in
+    # the process and break the compiler: compile in a fresh process with the interpreter off.
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         f"{__file__}::test_kernels_compile_for_sm90_in_this_process"],
+        env={**os.environ, "TRITON_INTERPRET": "0"}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and f"{len(SM90_DTYPES)} passed" in result.stdout, result.stdout + result.stderr
+
+
+# ---- GPU only: sizes the interpreter cannot afford, autotuning, bf16 rounding as on hardware ----
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("num_branches", (1, 8, 11))
+def test_large_inputs_on_gpu(num_branches, dtype):
+    x, branches, gates, mask = make_operands((8, 64, 96, 97), num_branches, dtype, "cuda", torch.channels_last)
+    out = triton_kernels.residual_aggregate_triton(x, branches, gates, mask, "relu")
+    torch.testing.assert_close(out, residual_aggregate_reference(x, branches, gates, mask, "relu"))
+    grad_out = torch.randn_like(out)
+    # Two fp32 sums of millions of terms in different orders differ by a random walk of roundings.
+    assert_backward_matches_reference(grad_out, out, branches, gates, mask, "relu",
+                                      rtol=1e-5, atol=1e-5 * out.numel() ** 0.5)
+    first, second = (triton_kernels.residual_aggregate_triton_backward(grad_out, out, branches, gates, mask, "relu")[2]
+                     for _ in range(2))
+    assert torch.equal(first, second)
+
+
+@needs_cuda
+def test_autotuner_picks_a_config_per_size_on_gpu():
+    for numel in (4099, 1 << 22):
+        x, branches, gates, mask = make_operands((numel,), 2, torch.bfloat16, "cuda")
+        out = triton_kernels.residual_aggregate_triton(x, branches, gates, mask, "relu")
+        triton_kernels.residual_aggregate_triton_backward(torch.randn_like(out), out, branches, gates, mask, "relu")
+        for kernel in (triton_kernels._aggregate_forward_kernel, triton_kernels._aggregate_backward_kernel):
+            assert kernel.best_config in kernel.configs
+            assert any(key[0] == numel for key in kernel.cache)
