@@ -130,3 +130,11 @@ def test_slots_of_wrong_length_is_a_clear_error():
     x, branches, gates, mask = _inputs(2)
     with pytest.raises(ValueError, match="slots"):
         residual_aggregate(x, branches, gates, mask, scores=scores, slots=torch.tensor([0, 1, 2]))
+
+
+def test_deepcopy_keeps_scores_updating():
+    import copy
+    scores = copy.deepcopy(PathScores(2))
+    x, branches, gates, mask = _inputs(2)
+    residual_aggregate(x, branches, gates, mask, scores=scores).sum().backward()
+    assert scores.updates.tolist() == [1, 1]

@@ -42,6 +42,10 @@ class PathScores(nn.Module):
         self._tap = torch.zeros(2, self.num_slots, device=self.taylor.device, requires_grad=True)
         self._tap.register_post_accumulate_grad_hook(self._accumulate)
 
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._make_tap()  # a copied tap (deepcopy, pickle) loses its hook: make it anew
+
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
         self._make_tap()  # the tap is no buffer (it must stay a leaf): make it anew on the new device

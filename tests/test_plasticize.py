@@ -1,0 +1,101 @@
+"""plasticize: torchvision ResNets become PlasticResNets that reuse their modules and, at
+init="resnet", compute the same function (outputs and gradients, train and eval mode)."""
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+from plasticnet.models import PlasticResNet
+from plasticnet.nn.blocks import FusedBasicBlock
+from plasticnet.nn.plasticize import plasticize
+
+# Small members of each family (torchvision's resnext50_32x4d and wide_resnet50_2 are this
+# class with groups/width_per_group set; fewer blocks keep the test fast).
+MODELS = {
+    "resnet18": lambda: torchvision.models.resnet18(num_classes=10),
+    "resnext50_32x4d": lambda: torchvision.models.resnext50_32x4d(num_classes=10),
+    "bottleneck": lambda: ResNet(Bottleneck, [2, 1, 1, 1], num_classes=7),
+    "resnext": lambda: ResNet(Bottleneck, [1, 2, 1, 1], num_classes=7, groups=4, width_per_group=8),
+    "wide": lambda: ResNet(Bottleneck, [1, 1, 2, 1], num_classes=7, width_per_group=128),
+    "fused-basic": lambda: ResNet(FusedBasicBlock, [1, 1, 1, 2], num_classes=7),
+}
+
+
+def randomize_batchnorm(model: nn.Module) -> None:
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.2)
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+
+
+def gradients(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    out = model(x)
+    out.square().sum().backward()
+    return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_plasticized_model_computes_the_original(name):
+    model = MODELS[name]()
+    randomize_batchnorm(model)
+    plastic = plasticize(model, max_span=2)
+    assert isinstance(plastic, PlasticResNet)
+    assert plastic.active_paths() == [(j - 1, j) for j in range(1, plastic.num_nodes + 1)]
+    assert len(plastic.candidate_paths()) > plastic.num_nodes
+    x = torch.randn(2, 3, 32, 32)
+    for train in (False, True):
+        model.train(train), plastic.train(train)
+        expected, expected_grads = gradients(model, x)
+        output, grads = gradients(plastic, x)
+        torch.testing.assert_close(output, expected)
+        # the modules are shared: the same parameter objects got the same gradients
+        by_id = {id(p): n for n, p in model.named_parameters()}
+        shared = {by_id[id(p)]: grads[n] for n, p in plastic.named_parameters() if id(p) in by_id}
+        assert shared.keys() == expected_grads.keys()
+        for n, g in expected_grads.items():
+            torch.testing.assert_close(shared[n], g)
+
+
+def test_plasticized_model_is_plastic():
+    plastic = plasticize(ResNet(BasicBlock, [2, 2, 1, 1], num_classes=5), max_span=3, init="random", budget=4,
+                         seed=0)
+    assert len(plastic.active_paths()) == plastic.budget == 4
+    grown = next(p for p in plastic.candidate_paths() if p not in plastic.active_paths())
+    x = torch.randn(2, 3, 16, 16)
+    with plastic.probing([grown]):
+        plastic(x).sum().backward()
+    assert plastic.path_statistics()["updates"][plastic.candidate_paths().index(grown)] == 1
+    plastic.reinitialize_path(*grown)
+    plastic.set_active(plastic.active_paths()[1:] + [grown])
+    plastic(x.to(memory_format=torch.channels_last)).sum().backward()
+    assert plastic.path(*grown).gate.grad is not None
+
+
+def test_new_paths_follow_the_model_body():
+    plastic = plasticize(ResNet(Bottleneck, [1, 2, 1, 1], groups=4, width_per_group=8), max_span=2)
+    body = plastic.path(1, 3).body  # a new path across the stride-2 stage change
+    assert [name for name, _ in body.named_children()] == ["conv1", "bn1", "relu1", "conv2", "bn2", "relu2",
+                                                           "conv3", "bn3"]
+    assert body.conv2.groups == 4 and body.conv2.stride == (2, 2)
+    assert body.conv1.in_channels == 256 and body.conv3.out_channels == 512
+
+
+def test_not_a_resnet_is_a_type_error():
+    with pytest.raises(TypeError, match="model: expected a torchvision.models.ResNet"):
+        plasticize(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()))
+
+
+def test_derived_options_cannot_be_given():
+    with pytest.raises(TypeError, match=r"\['nodes_per_stage'\] are read off the model"):
+        plasticize(ResNet(BasicBlock, [1, 1, 1, 1]), nodes_per_stage=(1, 1, 1, 1))
+
+
+def test_dilated_resnet_is_refused():
+    model = ResNet(Bottleneck, [1, 1, 1, 1], replace_stride_with_dilation=[False, True, True])
+    with pytest.raises(ValueError, match="dilated"):
+        plasticize(model)
