@@ -30,26 +30,44 @@ inline at::Tensor in_layout_of(const at::Tensor& t, const at::Tensor& ref) {
   return at::empty_like(ref).copy_(t);
 }
 
+// Each of `tensors` in ref's flat layout (one copy for those that are not), so all walk as flat arrays.
+inline std::vector<at::Tensor> in_layout(at::TensorList tensors, const at::Tensor& ref) {
+  std::vector<at::Tensor> flat;
+  flat.reserve(tensors.size());
+  for (const auto& t : tensors) flat.push_back(in_layout_of(t, ref));
+  return flat;
+}
+
+// `t` (called `name`) must have the shape, dtype and device of `ref` (called `ref_name`).
+// Messages follow the Python layer's: "<op>: <argument>: expected <what>, got <what>".
+inline void check_like(const char* op, const std::string& name, const at::Tensor& t, const char* ref_name,
+                       const at::Tensor& ref) {
+  TORCH_CHECK_VALUE(t.sizes() == ref.sizes(), op, ": ", name, ": expected ", ref_name, "'s shape ", ref.sizes(),
+                    ", got ", t.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), op, ": ", name, ": expected ", ref_name, "'s dtype ",
+                   ref.scalar_type(), ", got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == ref.device(), op, ": ", name, ": expected ", ref_name, "'s device ", ref.device(),
+                    ", got ", t.device());
+}
+
+// x_name: what the caller calls x (the backward checks its `out` against the same contract).
 inline void check_operands(const char* op, const at::Tensor& x, at::TensorList branches,
-                           const at::Tensor& gates, const at::Tensor& mask) {
+                           const at::Tensor& gates, const at::Tensor& mask, const char* x_name = "x") {
   const int64_t K = static_cast<int64_t>(branches.size());
-  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), op, ": x must be floating, got ", x.scalar_type());
+  const auto dtype = x.scalar_type();
+  // The kernels are instantiated for exactly these; other floating types (fp8) must not reach them.
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16, op,
+                   ": ", x_name, ": expected dtype float32, bfloat16, float16 or float64, got ", dtype);
   for (int64_t k = 0; k < K; ++k) {
-    const auto& h = branches[k];
-    TORCH_CHECK_VALUE(h.sizes() == x.sizes(), op, ": branches[", k, "] has shape ", h.sizes(),
-                      ", expected x's shape ", x.sizes());
-    TORCH_CHECK_TYPE(h.scalar_type() == x.scalar_type(), op, ": branches[", k, "] has dtype ",
-                     h.scalar_type(), ", expected x's dtype ", x.scalar_type());
-    TORCH_CHECK_VALUE(h.device() == x.device(), op, ": branches[", k, "] is on ", h.device(),
-                      ", expected x's device ", x.device());
+    check_like(op, "branches[" + std::to_string(k) + "]", branches[k], x_name, x);
   }
   for (const auto* v : {&gates, &mask}) {
     const char* name = v == &gates ? "gates" : "mask";
-    TORCH_CHECK_VALUE(v->dim() == 1 && v->size(0) == K, op, ": ", name, " must have shape (", K,
-                      ",), got ", v->sizes());
-    TORCH_CHECK_VALUE(v->device() == x.device(), op, ": ", name, " is on ", v->device(),
-                      ", expected x's device ", x.device());
-    TORCH_CHECK_TYPE(at::isFloatingType(v->scalar_type()), op, ": ", name, " must be floating, got ",
+    TORCH_CHECK_VALUE(v->dim() == 1 && v->size(0) == K, op, ": ", name, ": expected shape (", K,
+                      ",) (one per branch), got ", v->sizes());
+    TORCH_CHECK_VALUE(v->device() == x.device(), op, ": ", name, ": expected ", x_name, "'s device ", x.device(),
+                      ", got ", v->device());
+    TORCH_CHECK_TYPE(at::isFloatingType(v->scalar_type()), op, ": ", name, ": expected a floating dtype, got ",
                      v->scalar_type());
   }
 }

@@ -19,6 +19,7 @@ unavailable_reason: str | None = None
 
 def _load() -> None:
     global build_info, loaded, unavailable_reason
+    build_info, loaded, unavailable_reason = {}, False, None
     path = os.path.join(_HERE, "_build_info.json")
     if not os.path.exists(path):
         unavailable_reason = "plasticnet._C is not built (run `make build`, or `pip install --no-build-isolation -e .`)"

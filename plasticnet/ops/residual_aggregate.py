@@ -70,12 +70,16 @@ def residual_aggregate(x: torch.Tensor, branches: Sequence[torch.Tensor], gates:
 # ---- registrations on the compiled ops (shared by the C++/CUDA and the Triton family) ----
 
 def _fake_forward(x, branches, gates, mask, activation):
+    # Meta outranks CPU in dispatch, so an op called directly with one meta operand lands here:
+    # validate as the real kernels do instead of returning a tensor on the wrong device.
+    _check_inputs(x, branches, gates, mask, activation)
     # empty_like keeps x's strides when x is dense, else picks its suggested memory format:
     # exactly the layout the kernels write.
     return torch.empty_like(x)
 
 
 def _fake_backward(grad_out, out, branches, gates, mask, activation):
+    _check_inputs(out, branches, gates, mask, activation)
     return (torch.empty_like(out), [torch.empty_like(out) for _ in branches],
             out.new_empty((len(branches),), dtype=accumulate_dtype(out.dtype)))
 
