@@ -1,0 +1,80 @@
+"""Training checkpoints: written atomically, read with weights_only=True, checked for origin.
+
+A checkpoint is a dict of tensors and plain Python values only (state_dicts, RNG states), so
+`torch.load(weights_only=True)` reads it without unpickling arbitrary code.
+"""
+import os
+import tempfile
+
+import torch
+
+FORMAT = "plasticnet-train-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, or not one this trainer wrote."""
+
+
+def atomic_write(path: str, write) -> None:
+    """Call write(file) on a temporary file beside `path`, then rename it onto `path`.
+
+    os.replace is atomic on one filesystem: a reader (or a crash) sees the old file or the
+    new one, never half of one.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    atomic_write(path, lambda file: torch.save({"format": FORMAT, "version": VERSION, **state}, file))
+
+
+def load_checkpoint(path: str, map_location=None) -> dict:
+    """The state saved by save_checkpoint; CheckpointError naming the file otherwise."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path}: no such file")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises many types for a damaged file (pickle, zip, unpickler errors)
+        raise CheckpointError(f"checkpoint {path} is unreadable: corrupt, not a torch file, or holding objects "
+                              f"that torch.load(weights_only=True) refuses ({_essence(error)})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} was not written by `plasticnet train` "
+                              f"(expected format {FORMAT!r})")
+    if state.get("version") != VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {state.get('version')}; this plasticnet "
+                              f"reads version {VERSION}")
+    return state
+
+
+def _essence(error: Exception) -> str:
+    """The informative line of a torch.load error (weights_only errors put it deep in a long text)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    detail = next((line for line in lines if "error:" in line), lines[0] if lines else "no detail")
+    return f"{type(error).__name__}: {detail}"
+
+
+def rng_states(generators: dict[str, torch.Generator]) -> dict:
+    """Every random state a run depends on: torch's CPU and CUDA defaults and the named generators."""
+    states = {"torch": torch.get_rng_state(), "generators": {name: g.get_state() for name, g in generators.items()}}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict, generators: dict[str, torch.Generator]) -> None:
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    for name, generator in generators.items():
+        generator.set_state(states["generators"][name])
