@@ -12,19 +12,9 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 from plasticnet.nn import FusedBasicBlock, FusedBottleneck, fuse
 from plasticnet.ops import available_backends
 
+from helpers import randomize_batchnorm
+
 INPUT_SHAPE = (2, 3, 32, 32)
-
-
-def _randomize_batchnorm(model: nn.Module) -> nn.Module:
-    """Non-trivial BN statistics and affine parameters, so eval mode is not an identity map."""
-    with torch.no_grad():
-        for bn in model.modules():
-            if isinstance(bn, nn.BatchNorm2d):
-                bn.running_mean.normal_(0.0, 0.2)
-                bn.running_var.uniform_(0.5, 2.0)
-                bn.weight.uniform_(0.5, 1.5)
-                bn.bias.normal_(0.0, 0.2)
-    return model
 
 
 def _forward(model: nn.Module, x: torch.Tensor):
@@ -65,7 +55,7 @@ def torchvision_pair(request):
     """(torchvision model with random BN statistics, its fused copy), built once per architecture."""
     # Module-scoped fixtures run before the per-test seed: seed from the architecture instead.
     torch.manual_seed(zlib.crc32(request.param.encode()))
-    original = _randomize_batchnorm(getattr(torchvision.models, request.param)())
+    original = randomize_batchnorm(getattr(torchvision.models, request.param)())
     return original, _fused_twin(original)
 
 
@@ -86,7 +76,7 @@ def test_fuse_keeps_torchvision_function_and_gradients(torchvision_pair, train):
     (Bottleneck, FusedBottleneck, [1, 2, 1, 1], {"groups": 2, "width_per_group": 32}),
 ], ids=["basic", "bottleneck"])
 def test_resnet_built_from_fused_blocks_loads_torchvision_weights(block, fused_block, layers, kwargs):
-    original = _randomize_batchnorm(ResNet(block, layers, num_classes=7, **kwargs)).eval()
+    original = randomize_batchnorm(ResNet(block, layers, num_classes=7, **kwargs)).eval()
     fused = ResNet(fused_block, layers, num_classes=7, **kwargs).eval()
     assert fused.state_dict().keys() == original.state_dict().keys()
     fused.load_state_dict(original.state_dict())  # strict: no missing or unexpected key
@@ -117,7 +107,7 @@ def test_fuse_keeps_hooks_registered_on_blocks():
 
 
 def test_fuse_works_with_channels_last():
-    original = _randomize_batchnorm(torchvision.models.resnet18()).to(memory_format=torch.channels_last).eval()
+    original = randomize_batchnorm(torchvision.models.resnet18()).to(memory_format=torch.channels_last).eval()
     fused = _fused_twin(original)
     x = torch.randn(INPUT_SHAPE).to(memory_format=torch.channels_last)
     _assert_same_function(original, fused, x)
@@ -127,7 +117,7 @@ def test_fuse_works_with_channels_last():
 
 @pytest.mark.slow
 def test_compiled_fused_resnet18_equals_eager():
-    fused = fuse(_randomize_batchnorm(torchvision.models.resnet18())).eval()
+    fused = fuse(randomize_batchnorm(torchvision.models.resnet18())).eval()
     compiled = copy.deepcopy(fused)
     compiled.compile(fullgraph=False)  # in place, unlike torch.compile(): parameter names stay the same
     # Inductor reorders fp32 arithmetic (e.g. folds BN), so 18 layers of backward drift slightly.
@@ -142,7 +132,7 @@ def _device_backends():
 
 @pytest.mark.parametrize("device, backend", _device_backends())
 def test_fuse_with_each_available_backend(device, backend):
-    original = _randomize_batchnorm(ResNet(BasicBlock, [1, 1, 1, 1], num_classes=5)).to(device).train()
+    original = randomize_batchnorm(ResNet(BasicBlock, [1, 1, 1, 1], num_classes=5)).to(device).train()
     fused = _fused_twin(original, backend=backend)
     assert {m.backend for m in fused.modules() if isinstance(m, FusedBasicBlock)} == {backend}
     # cuDNN's weight-gradient reductions are not bitwise reproducible from run to run.

@@ -11,6 +11,8 @@ from torch import nn
 import plasticnet
 from plasticnet.models import PlasticResNet
 
+from helpers import randomize_batchnorm
+
 TINY = dict(base_width=8)
 
 
@@ -20,17 +22,6 @@ def cifar_torchvision(arch: str, num_classes: int = 10) -> nn.Module:
     model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
     model.maxpool = nn.Identity()
     return model
-
-
-def randomize_batchnorm(model: nn.Module) -> None:
-    """Non-trivial BN affine parameters and running statistics, so eval mode tests something."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.2)
-                m.running_mean.normal_(0, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
 
 
 def torchvision_to_plastic(state: dict, nodes_per_stage) -> dict:

@@ -10,6 +10,8 @@ from plasticnet.models import PlasticResNet
 from plasticnet.nn.blocks import FusedBasicBlock
 from plasticnet.nn.plasticize import plasticize
 
+from helpers import randomize_batchnorm
+
 # Small members of each family (torchvision's resnext50_32x4d and wide_resnet50_2 are this
 # class with groups/width_per_group set; fewer blocks keep the test fast).
 MODELS = {
@@ -20,16 +22,6 @@ MODELS = {
     "wide": lambda: ResNet(Bottleneck, [1, 1, 2, 1], num_classes=7, width_per_group=128),
     "fused-basic": lambda: ResNet(FusedBasicBlock, [1, 1, 1, 2], num_classes=7),
 }
-
-
-def randomize_batchnorm(model: nn.Module) -> None:
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.2)
-                m.running_mean.normal_(0, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
 
 
 def gradients(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -192,41 +192,23 @@ std::vector<double> backward_kernel(const at::Tensor& grad_out, const at::Tensor
 
 at::Tensor residual_aggregate_cpu(const at::Tensor& x, at::TensorList branches, const at::Tensor& gates,
                                   const at::Tensor& mask, c10::string_view activation) {
-  check_operands("residual_aggregate", x, branches, gates, mask);
-  const auto act = parse_activation(std::string(activation));
-  const auto x_flat = flat_reference(x);
-  const auto flat_branches = in_layout(branches, x_flat);
-  const auto scales = slot_scales(x_flat, gates, mask);
-  auto y = at::empty_like(x_flat);
+  auto ops = prepare_forward(x, branches, gates, mask, activation);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "residual_aggregate_cpu", [&] {
-    forward_kernel<scalar_t>(x_flat, flat_branches, scales, act, y);
+    forward_kernel<scalar_t>(ops.x, ops.branches, ops.scales, ops.activation, ops.out);
   });
-  return y;
+  return ops.out;
 }
 
 std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> residual_aggregate_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& out, at::TensorList branches, const at::Tensor& gates,
     const at::Tensor& mask, c10::string_view activation) {
-  constexpr const char* op = "residual_aggregate_backward";
-  check_operands(op, out, branches, gates, mask, "out");
-  check_like(op, "grad_out", grad_out, "out", out);
-  const auto act = parse_activation(std::string(activation));
-  const auto out_flat = flat_reference(out);
-  const auto grad_out_flat = in_layout_of(grad_out, out_flat);
-  const auto flat_branches = in_layout(branches, out_flat);
-  const auto scales = slot_scales(out_flat, gates, mask);
+  auto ops = prepare_backward(grad_out, out, branches, gates, mask, activation);
   const int64_t K = static_cast<int64_t>(branches.size());
-
-  auto grad_x = at::empty_like(out_flat);
-  std::vector<at::Tensor> grad_branches;
-  for (int64_t k = 0; k < K; ++k) grad_branches.push_back(at::empty_like(out_flat));
-  auto contributions = at::empty({K}, out.options().dtype(accumulate_type(out)));
-
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "residual_aggregate_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const auto partials =
-        backward_kernel<scalar_t>(grad_out_flat, out_flat, flat_branches, scales, act, grad_x, grad_branches);
-    auto* c = contributions.mutable_data_ptr<acc_t>();
+    const auto partials = backward_kernel<scalar_t>(ops.grad_out, ops.out, ops.branches, ops.scales, ops.activation,
+                                                    ops.grad_x, ops.grad_branches);
+    auto* c = ops.contributions.mutable_data_ptr<acc_t>();
     const int64_t chunks = num_chunks(out.numel());
     for (int64_t k = 0; k < K; ++k) {
       double total = 0;
@@ -234,7 +216,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> residual_aggregate_b
       c[k] = static_cast<acc_t>(total);
     }
   });
-  return {grad_x, grad_branches, contributions};
+  return {ops.grad_x, ops.grad_branches, ops.contributions};
 }
 
 }  // namespace

@@ -380,52 +380,34 @@ void launch_backward(const at::Tensor& grad_out, const at::Tensor& out, const st
 
 at::Tensor residual_aggregate_cuda(const at::Tensor& x, at::TensorList branches, const at::Tensor& gates,
                                    const at::Tensor& mask, c10::string_view activation) {
-  check_operands("residual_aggregate", x, branches, gates, mask);
-  const bool relu = parse_activation(std::string(activation)) == Activation::kRelu;
   const c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor flat_x = flat_reference(x);
-  const std::vector<at::Tensor> flat_branches = in_layout(branches, flat_x);
-  at::Tensor out = at::empty_like(flat_x);
-  if (out.numel() == 0) return out;
-  const at::Tensor scales = slot_scales(x, gates, mask);
+  auto ops = prepare_forward(x, branches, gates, mask, activation);
+  if (ops.out.numel() == 0) return ops.out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "residual_aggregate_cuda", [&] {
-    launch_forward<scalar_t>(flat_x, flat_branches, scales, relu, out);
+    launch_forward<scalar_t>(ops.x, ops.branches, ops.scales, ops.activation == Activation::kRelu, ops.out);
   });
-  return out;
+  return ops.out;
 }
 
 std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> residual_aggregate_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& out, at::TensorList branches, const at::Tensor& gates,
     const at::Tensor& mask, c10::string_view activation) {
-  constexpr const char* op = "residual_aggregate_backward";
-  check_operands(op, out, branches, gates, mask, "out");
-  check_like(op, "grad_out", grad_out, "out", out);
-  const bool relu = parse_activation(std::string(activation)) == Activation::kRelu;
   const c10::cuda::CUDAGuard guard(out.device());
-  const at::Tensor flat_out = flat_reference(out);
-  const at::Tensor flat_grad_out = in_layout_of(grad_out, flat_out);
-  const std::vector<at::Tensor> flat_branches = in_layout(branches, flat_out);
-  at::Tensor grad_x = at::empty_like(flat_out);
-  std::vector<at::Tensor> grad_branches;
-  grad_branches.reserve(branches.size());
-  for (size_t k = 0; k < branches.size(); ++k) grad_branches.push_back(at::empty_like(flat_out));
-  at::Tensor contributions =
-      at::empty({static_cast<int64_t>(branches.size())}, out.options().dtype(accumulate_type(out)));
-  if (flat_out.numel() == 0) {
-    contributions.zero_();
-    return {grad_x, grad_branches, contributions};
+  auto ops = prepare_backward(grad_out, out, branches, gates, mask, activation);
+  if (ops.out.numel() == 0) {
+    ops.contributions.zero_();
+  } else {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "residual_aggregate_backward_cuda", [&] {
+      if (ops.activation == Activation::kRelu) {
+        launch_backward<scalar_t, true>(ops.grad_out, ops.out, ops.branches, ops.scales, ops.grad_x,
+                                        ops.grad_branches, ops.contributions);
+      } else {
+        launch_backward<scalar_t, false>(ops.grad_out, ops.out, ops.branches, ops.scales, ops.grad_x,
+                                         ops.grad_branches, ops.contributions);
+      }
+    });
   }
-  const at::Tensor scales = slot_scales(out, gates, mask);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "residual_aggregate_backward_cuda", [&] {
-    if (relu) {
-      launch_backward<scalar_t, true>(flat_grad_out, flat_out, flat_branches, scales, grad_x, grad_branches,
-                                      contributions);
-    } else {
-      launch_backward<scalar_t, false>(flat_grad_out, flat_out, flat_branches, scales, grad_x, grad_branches,
-                                       contributions);
-    }
-  });
-  return {grad_x, grad_branches, contributions};
+  return {ops.grad_x, ops.grad_branches, ops.contributions};
 }
 
 }  // namespace

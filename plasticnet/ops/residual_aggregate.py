@@ -12,21 +12,27 @@ ACTIVATIONS = ("relu", "none")
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
-def _check_inputs(x, branches, gates, mask, activation) -> None:
-    """Raise TypeError/ValueError naming the argument, what it got and what was expected."""
+def check_like(name: str, t, reference_name: str, reference: torch.Tensor) -> None:
+    """t (called name) must be a Tensor with the shape, dtype and device of reference."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a Tensor, got {type(t).__name__}")
+    if t.shape != reference.shape:
+        raise ValueError(f"{name}: expected {reference_name}'s shape {tuple(reference.shape)}, got {tuple(t.shape)}")
+    if t.dtype != reference.dtype:
+        raise TypeError(f"{name}: expected {reference_name}'s dtype {reference.dtype}, got {t.dtype}")
+    if t.device != reference.device:
+        raise ValueError(f"{name}: expected {reference_name}'s device {reference.device}, got {t.device}")
+
+
+def check_inputs(x, branches, gates, mask, activation, x_name: str = "x") -> None:
+    """Raise TypeError/ValueError naming the argument, what it got and what was expected.
+    x_name: what the caller calls x (the backward checks its `out` against the same contract)."""
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x: expected a Tensor, got {type(x).__name__}")
+        raise TypeError(f"{x_name}: expected a Tensor, got {type(x).__name__}")
     if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"x: expected dtype float32, bfloat16, float16 or float64, got {x.dtype}")
+        raise TypeError(f"{x_name}: expected dtype float32, bfloat16, float16 or float64, got {x.dtype}")
     for k, h in enumerate(branches):
-        if not isinstance(h, torch.Tensor):
-            raise TypeError(f"branches[{k}]: expected a Tensor, got {type(h).__name__}")
-        if h.shape != x.shape:
-            raise ValueError(f"branches[{k}]: expected x's shape {tuple(x.shape)}, got {tuple(h.shape)}")
-        if h.dtype != x.dtype:
-            raise TypeError(f"branches[{k}]: expected x's dtype {x.dtype}, got {h.dtype}")
-        if h.device != x.device:
-            raise ValueError(f"branches[{k}]: expected x's device {x.device}, got {h.device}")
+        check_like(f"branches[{k}]", h, x_name, x)
     for name, v in (("gates", gates), ("mask", mask)):
         if not isinstance(v, torch.Tensor):
             raise TypeError(f"{name}: expected a Tensor of shape ({len(branches)},), got {type(v).__name__}")
@@ -35,7 +41,7 @@ def _check_inputs(x, branches, gates, mask, activation) -> None:
         if v.shape != (len(branches),):
             raise ValueError(f"{name}: expected shape ({len(branches)},) (one per branch), got {tuple(v.shape)}")
         if v.device != x.device:
-            raise ValueError(f"{name}: expected x's device {x.device}, got {v.device}")
+            raise ValueError(f"{name}: expected {x_name}'s device {x.device}, got {v.device}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation: expected one of {list(ACTIVATIONS)}, got {activation!r}")
 
@@ -57,7 +63,7 @@ def residual_aggregate(x: torch.Tensor, branches: Sequence[torch.Tensor], gates:
     branches = list(branches) if isinstance(branches, (list, tuple)) else branches
     if not isinstance(branches, list):
         raise TypeError(f"branches: expected a list or tuple of Tensors, got {type(branches).__name__}")
-    _check_inputs(x, branches, gates, mask, activation)
+    check_inputs(x, branches, gates, mask, activation)
     backend = resolve_backend(backend, x.device)
     if scores is not None:
         gates = scores.tap(gates, slots)
@@ -72,14 +78,15 @@ def residual_aggregate(x: torch.Tensor, branches: Sequence[torch.Tensor], gates:
 def _fake_forward(x, branches, gates, mask, activation):
     # Meta outranks CPU in dispatch, so an op called directly with one meta operand lands here:
     # validate as the real kernels do instead of returning a tensor on the wrong device.
-    _check_inputs(x, branches, gates, mask, activation)
+    check_inputs(x, branches, gates, mask, activation)
     # empty_like keeps x's strides when x is dense, else picks its suggested memory format:
     # exactly the layout the kernels write.
     return torch.empty_like(x)
 
 
 def _fake_backward(grad_out, out, branches, gates, mask, activation):
-    _check_inputs(out, branches, gates, mask, activation)
+    check_inputs(out, branches, gates, mask, activation, x_name="out")
+    check_like("grad_out", grad_out, "out", out)
     return (torch.empty_like(out), [torch.empty_like(out) for _ in branches],
             out.new_empty((len(branches),), dtype=accumulate_dtype(out.dtype)))
 

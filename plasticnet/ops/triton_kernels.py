@@ -22,7 +22,7 @@ import triton.language as tl
 
 from plasticnet.ops.backends import triton_interpreted
 from plasticnet.ops.reference import accumulate_dtype
-from plasticnet.ops.residual_aggregate import _check_inputs
+from plasticnet.ops.residual_aggregate import check_inputs, check_like
 
 MAX_BRANCHES_PER_PASS = 8
 
@@ -91,18 +91,6 @@ def _in_layout_of(t: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return t if t.stride() == reference.stride() else torch.empty_like(reference).copy_(t)
 
 
-def _check_like(name: str, t, reference_name: str, reference: torch.Tensor) -> None:
-    """t (called name) must be a tensor with the shape, dtype and device of reference (as csrc/layout.h checks)."""
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: expected a Tensor, got {type(t).__name__}")
-    if t.shape != reference.shape:
-        raise ValueError(f"{name}: expected {reference_name}'s shape {tuple(reference.shape)}, got {tuple(t.shape)}")
-    if t.dtype != reference.dtype:
-        raise TypeError(f"{name}: expected {reference_name}'s dtype {reference.dtype}, got {t.dtype}")
-    if t.device != reference.device:
-        raise ValueError(f"{name}: expected {reference_name}'s device {reference.device}, got {t.device}")
-
-
 def _slot_scales(dtype: torch.dtype, gates: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """s_k = mask_k * gates_k in the accumulation dtype, computed on the device: no host sync."""
     acc = accumulate_dtype(dtype)
@@ -123,7 +111,7 @@ def _passes(num_branches: int) -> list[slice]:
 def residual_aggregate_triton(x: torch.Tensor, branches: list[torch.Tensor], gates: torch.Tensor,
                               mask: torch.Tensor, activation: str) -> torch.Tensor:
     """y = act(x + sum_k mask[k]*gates[k]*branches[k]) by the Triton forward kernel."""
-    _check_inputs(x, branches, gates, mask, activation)
+    check_inputs(x, branches, gates, mask, activation)
     # empty_like keeps x's strides when x is dense, else picks the layout x suggests: the layout
     # every operand is walked in.
     out = torch.empty_like(x)
@@ -155,8 +143,8 @@ def residual_aggregate_triton_backward(grad_out: torch.Tensor, out: torch.Tensor
     contributions[k] = sum(dz * branches[k]) in fp32 (fp64 for fp64), for every slot. The
     contributions are reduced deterministically: per-program partials, then a fixed-order sum.
     """
-    _check_inputs(out, branches, gates, mask, activation)
-    _check_like("grad_out", grad_out, "out", out)
+    check_inputs(out, branches, gates, mask, activation, x_name="out")
+    check_like("grad_out", grad_out, "out", out)
     grad_x = torch.empty_like(out)
     out, grad_out = _in_layout_of(out, grad_x), _in_layout_of(grad_out, grad_x)
     branches = [_in_layout_of(h, grad_x) for h in branches]

@@ -1,0 +1,15 @@
+"""Helpers shared by several test files (tests/ is on sys.path under pytest's default import mode)."""
+import torch
+from torch import nn
+
+
+def randomize_batchnorm(model: nn.Module) -> nn.Module:
+    """Non-trivial BN affine parameters and running statistics, so eval mode is not an identity map."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0.0, 0.2)
+                m.running_mean.normal_(0.0, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    return model
