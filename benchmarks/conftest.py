@@ -1,0 +1,88 @@
+"""pytest-benchmark harness over plasticnet.bench's cases (the same ones `plasticnet bench` times).
+
+Run with `python -m pytest benchmarks/ --benchmark-only`; the normal test run never collects
+this directory (pytest.ini: testpaths = tests).
+"""
+import itertools
+
+import pytest
+import torch
+
+from plasticnet.bench.command import PRESETS
+from plasticnet.bench.environment import describe, last_level_cache_bytes
+from plasticnet.bench.ops import DEFAULT_DTYPES, DTYPES, RESNET18_CIFAR_ACTIVATIONS, default_backends, op_cases
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("plasticnet benchmarks")
+    group.addoption("--bench-device", choices=("cpu", "cuda"), default=None,
+                    help="device to benchmark (default: cuda when available, else cpu)")
+    group.addoption("--bench-quick", action="store_true", help="the small `plasticnet bench --quick` sizes")
+
+
+def bench_device(config) -> torch.device:
+    """The device at collection time, when parametrisation needs it (fixtures do not exist yet)."""
+    return torch.device(config.getoption("--bench-device") or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def bench_preset(config) -> dict:
+    return PRESETS[(bench_device(config).type, config.getoption("--bench-quick"))]
+
+
+def pytest_generate_tests(metafunc):
+    """`op_case` x `backend`: the `plasticnet bench` cases of the device and preset."""
+    if "op_case" in metafunc.fixturenames:
+        device, preset = bench_device(metafunc.config), bench_preset(metafunc.config)
+        cases = op_cases(device, batch=preset["batch"], ks=preset["ks"],
+                         dtypes=[DTYPES[name] for name in DEFAULT_DTYPES],
+                         activations=RESNET18_CIFAR_ACTIVATIONS[:preset["stages"]])
+        ids = [f"K{c.K}-{'x'.join(map(str, c.shape))}-{c.dtype_name}" for c in cases]
+        metafunc.parametrize("op_case", cases, ids=ids)
+        metafunc.parametrize("backend", default_backends(device))
+
+
+@pytest.fixture(scope="session")
+def device(pytestconfig) -> torch.device:
+    return bench_device(pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def cache_bytes(device) -> int:
+    return last_level_cache_bytes(device)
+
+
+@pytest.fixture(scope="session")
+def preset(pytestconfig) -> dict:
+    return bench_preset(pytestconfig)
+
+
+@pytest.fixture
+def run_benchmark(benchmark, device, preset):
+    """Time step(i) with pytest-benchmark, rotating i and running the untimed setup(i) first.
+
+    pytest-benchmark reads the host clock, so on CUDA both setup and step synchronise.
+    """
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def run(step, *, setup=None, repeats=None):
+        counter = itertools.count()
+
+        def next_round():
+            i = next(counter)
+            if setup is not None:
+                setup(i)
+            sync()
+            return (i,), {}
+
+        def timed(i):
+            step(i)
+            sync()
+
+        benchmark.extra_info.update({k: v for k, v in describe(device).items() if k != "date"})
+        benchmark.pedantic(timed, setup=next_round, rounds=repeats or preset["repeats"],
+                           warmup_rounds=preset["warmup"])
+        return benchmark.stats.stats.median
+
+    return run

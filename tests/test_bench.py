@@ -1,0 +1,106 @@
+"""`plasticnet bench` end to end on tiny sizes, and the pieces its numbers rest on."""
+import json
+
+import pytest
+import torch
+
+from plasticnet.bench.ops import OpCase, OpWorkload, check_backends, rotation_sets
+from plasticnet.bench.report import op_target, train_step_target
+from plasticnet.bench.timing import Timing, measure
+from plasticnet.cli import main
+
+RESULT_KEYS = {"backend", "K", "numel", "shape", "dtype", "fwd_ms", "fwd_p20_ms", "fwd_p80_ms", "bwd_ms", "fwd_bwd_ms",
+               "fwd_bwd_p20_ms", "fwd_bwd_p80_ms", "gbps", "fwd_gbps", "copy_gbps", "pct_copy", "speedup_vs_eager",
+               "speedup_vs_compile", "target"}
+TRAIN_KEYS = {"model", "mode", "base_width", "batch", "backend", "step_ms", "images_per_s", "vs_static", "target"}
+
+
+def test_quick_bench_writes_the_documented_json(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    status = main(["bench", "--device", "cpu", "--quick", "--batch", "2", "--ks", "2", "--dtypes", "float32",
+                   "--warmup", "1", "--repeats", "2", "--train-batch", "2", "--train-width", "4", "--no-progress",
+                   "--json", str(path)])
+    assert status == 0
+    report = json.loads(path.read_text())
+    assert {"device", "date", "versions", "threads", "copy_gbps", "results", "train_step"} <= report.keys()
+    assert set(report["versions"]) == {"torch", "triton", "python", "plasticnet", "cuda"}
+    backends = {row["backend"] for row in report["results"]}
+    assert {"eager", "compile"} <= backends and "reference" not in backends
+    assert {(row["K"], row["backend"]) for row in report["results"]} == {(k, b) for k in (2,) for b in backends}
+    for row in report["results"]:
+        assert RESULT_KEYS <= row.keys()
+        assert row["shape"] == [2, 64, 32, 32] and row["numel"] == 2 * 64 * 32 * 32
+        assert 0 < row["fwd_p20_ms"] <= row["fwd_ms"] <= row["fwd_p80_ms"]
+        assert row["gbps"] > 0 and row["pct_copy"] > 0
+    eager = next(row for row in report["results"] if row["backend"] == "eager")
+    assert eager["speedup_vs_eager"] == 1.0
+    assert {(row["model"], row["mode"]) for row in report["train_step"]} == {("static", "eager"), ("plastic", "eager")}
+    for row in report["train_step"]:
+        assert TRAIN_KEYS <= row.keys() and row["images_per_s"] > 0
+    printed = capsys.readouterr().out
+    assert "vs compile" in printed and "images/s" in printed and str(path) in printed
+    assert main(["bench", "--show", str(path), "--markdown"]) == 0
+    shown = capsys.readouterr().out
+    assert "| backend | K | shape |" in shown and shown.count("| eager | 2 | 2x64x32x32 | float32 |") == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch", "0"], "--batch: expected >= 1, got 0"),
+    (["--ks", "0"], "--ks: expected branch counts >= 1"),
+    (["--backends", "cuda"], "'cuda' is unavailable on cpu"),
+])
+def test_bad_options_exit_with_a_message(argv, message, capsys):
+    assert main(["bench", "--device", "cpu", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_check_backends_rejects_unknown_names():
+    with pytest.raises(ValueError, match="backends: expected names from .* got 'reference'"):
+        check_backends(["reference"], torch.device("cpu"))
+
+
+def test_timing_percentiles():
+    timing = Timing.from_samples([float(v) for v in (7, 1, 3, 9, 5)])
+    assert (timing.median_ms, timing.p20_ms, timing.p80_ms) == (5.0, 2.6, 7.4)
+
+
+def test_measure_excludes_warmup_and_setup():
+    calls = []
+    timing = measure(calls.append, device=torch.device("cpu"), warmup=2, repeats=3, setup=lambda i: calls.append(-i))
+    assert calls == [0, 0, -1, 1, -2, 2, -3, 3, -4, 4]
+    assert timing.p20_ms <= timing.median_ms <= timing.p80_ms
+
+
+def test_bytes_follow_the_design():
+    # DESIGN.md §2 for K=3, N=10, bf16: forward reads 4N writes N; backward reads 5N writes 4N.
+    case = OpCase(3, (2, 5), torch.bfloat16, torch.device("cpu"))
+    assert [case.pass_bytes(p) for p in ("fwd", "bwd", "fwd_bwd")] == [5 * 10 * 2, 9 * 10 * 2, 14 * 10 * 2]
+
+
+@pytest.mark.parametrize("set_bytes, cache_bytes, expected", [(10, 1000, 64), (400, 1000, 5), (10**6, 1000, 2)])
+def test_rotation_exceeds_twice_the_cache_within_limits(set_bytes, cache_bytes, expected):
+    assert rotation_sets(set_bytes, cache_bytes) == expected
+
+
+def test_backward_step_consumes_a_fresh_graph():
+    workload = OpWorkload(OpCase(2, (3, 5, 7), torch.float32, torch.device("cpu")), "eager", cache_bytes=1)
+    step, setup = workload.timed_pass("bwd")
+    with pytest.raises(RuntimeError, match="keep_graph"):
+        step(0)
+    setup(1)
+    step(1)
+    with pytest.raises(RuntimeError, match="keep_graph"):
+        step(2)
+
+
+def test_targets():
+    fused = {"backend": "cpu", "speedup_vs_eager": 1.6, "speedup_vs_compile": 0.99, "pct_copy": 90, "fwd_pct_copy": 86}
+    assert op_target(fused, "cpu") == "MISS"
+    assert op_target({**fused, "speedup_vs_compile": 1.0}, "cpu") == "PASS"
+    assert op_target({**fused, "backend": "triton"}, "cuda") == "PASS"
+    assert op_target({**fused, "backend": "triton", "fwd_pct_copy": 80}, "cuda") == "MISS"
+    assert op_target({**fused, "backend": "eager"}, "cpu") is None
+    assert op_target({**fused, "speedup_vs_compile": None}, "cpu") is None
+    assert train_step_target({"model": "plastic", "vs_static": 0.92}) == "PASS"
+    assert train_step_target({"model": "plastic", "vs_static": 0.90}) == "MISS"
+    assert train_step_target({"model": "static", "vs_static": 1.0}) is None
