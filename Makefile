@@ -9,7 +9,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 TOOLS      := ninja setuptools wheel numpy tqdm matplotlib pytest pytest-benchmark
 SOURCES    := setup.py $(shell find csrc -type f)
 
-TRAIN_ARGS ?= --dataset synthetic --epochs 2 --out runs/make-train
+TRAIN_ARGS ?= --dataset synthetic --epochs 3 --rewire-interval 10 --out runs/make-train
 TEST_ARGS  ?=
 
 ifeq ($(strip $(PYTHON)),)
