@@ -61,7 +61,7 @@ if with_cuda:
     extension = CUDAExtension(
         "plasticnet._C", sources,
         extra_compile_args={"cxx": cxx_flags + ["-DPLASTICNET_WITH_CUDA"],
-                            "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]},
+                            "nvcc": ["-O3", "-lineinfo"]},
         **extension_kwargs)
 else:
     extension = CppExtension("plasticnet._C", sources, extra_compile_args={"cxx": cxx_flags}, **extension_kwargs)

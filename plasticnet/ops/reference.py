@@ -24,7 +24,7 @@ def residual_aggregate_backward_reference(grad_out, out, branches, gates, mask, 
     acc = accumulate_dtype(out.dtype)
     dz = grad_out.to(acc)
     if activation == "relu":
-        dz = dz * (out > 0)
+        dz = torch.where(out > 0, dz, 0.0)
     scales = mask.to(acc) * gates.to(acc)
     grad_branches = [(scales[k] * dz).to(out.dtype) for k in range(len(branches))]
     contributions = torch.stack([(dz * h.to(acc)).sum() for h in branches]) if branches else dz.new_zeros(0)

@@ -27,22 +27,21 @@ from plasticnet.ops.residual_aggregate import check_inputs, check_like
 MAX_BRANCHES_PER_PASS = 8
 
 
-def _block_configs() -> list[triton.Config]:
-    # The interpreter runs each program in numpy: one small block keeps CPU tests fast and still
-    # spreads odd test shapes over several programs (and a ragged last block).
-    if triton_interpreted():
-        return [triton.Config({"BLOCK": 256})]
-    return [triton.Config({"BLOCK": block}, num_warps=warps)
-            for block in (1024, 2048, 4096) for warps in (4, 8)]
+# The interpreter runs each program in numpy: one small block keeps CPU tests fast and still
+# spreads odd test shapes over several programs (and a ragged last block).
+_FORWARD_CONFIGS = ([triton.Config({"BLOCK": 256})] if triton_interpreted() else
+                    [triton.Config({"BLOCK": block}, num_warps=warps) for block in (1024, 2048, 4096) for warps in (4, 8)])
+# The backward is not autotuned: its block and warp count fix how the contributions are summed
+# (one partial per program, each a tl.sum whose tree follows the layout), and a choice made by
+# timing could differ between processes and so change their bits. A fixed configuration also
+# gives the partials buffer one column per program; an autotuner benchmarking several block
+# sizes on one buffer would leave the columns of a smaller block's run behind in it.
+# Not yet measured on a GPU: 8 elements per thread, 16-byte accesses for fp16/bf16.
+_BACKWARD_BLOCK = 256 if triton_interpreted() else 2048
+_BACKWARD_WARPS = 8
 
 
-_CONFIGS = _block_configs()
-# The backward's partial-sum buffer has one column per program of the smallest block, so it is
-# large enough whatever block the autotuner picks.
-_MIN_BLOCK = min(config.kwargs["BLOCK"] for config in _CONFIGS)
-
-
-@triton.autotune(configs=_CONFIGS, key=["n_elements", "NUM_BRANCHES"])
+@triton.autotune(configs=_FORWARD_CONFIGS, key=["n_elements", "NUM_BRANCHES"])
 @triton.jit
 def _aggregate_forward_kernel(out_ptr, x_ptr, branch_ptrs, scales_ptr, n_elements,
                               NUM_BRANCHES: tl.constexpr, RELU: tl.constexpr, BLOCK: tl.constexpr):
@@ -58,7 +57,6 @@ def _aggregate_forward_kernel(out_ptr, x_ptr, branch_ptrs, scales_ptr, n_element
     tl.store(out_ptr + offsets, z.to(out_ptr.dtype.element_ty), mask=in_bounds)
 
 
-@triton.autotune(configs=_CONFIGS, key=["n_elements", "NUM_BRANCHES"])
 @triton.jit
 def _aggregate_backward_kernel(grad_x_ptr, grad_branch_ptrs, partials_ptr, grad_out_ptr, out_ptr,
                                branch_ptrs, scales_ptr, n_elements, partials_row_stride,
@@ -151,20 +149,20 @@ def residual_aggregate_triton_backward(grad_out: torch.Tensor, out: torch.Tensor
     scales = _slot_scales(out.dtype, gates, mask)
     grad_branches = [torch.empty_like(out) for _ in branches]
     n_elements = out.numel()
-    # Zero-filled so that columns past the programs of a larger autotuned block add exact zeros.
-    partials = torch.zeros((len(branches), triton.cdiv(n_elements, _MIN_BLOCK)), dtype=scales.dtype,
-                           device=out.device)
+    # One column per program, each written by its program for every branch.
+    num_programs = triton.cdiv(n_elements, _BACKWARD_BLOCK)
+    partials = torch.empty((len(branches), num_programs), dtype=scales.dtype, device=out.device)
     if n_elements > 0:
-        grid = _grid(n_elements)
         with _device_of(out):
             for i, slots in enumerate(_passes(len(branches))):
                 first = i == 0
                 # grad_x holds dz exactly (masking grad_out never rounds), so later passes read it
                 # as their incoming gradient, with the activation already applied.
-                _aggregate_backward_kernel[grid](
+                _aggregate_backward_kernel[(num_programs,)](
                     grad_x if first else None, tuple(grad_branches[slots]), partials[slots],
                     grad_out if first else grad_x, out, tuple(branches[slots]), scales[slots], n_elements,
-                    partials.stride(0), NUM_BRANCHES=len(branches[slots]), RELU=first and activation == "relu")
+                    partials.stride(0), NUM_BRANCHES=len(branches[slots]), RELU=first and activation == "relu",
+                    BLOCK=_BACKWARD_BLOCK, num_warps=_BACKWARD_WARPS)
     # Stage two: a plain row sum over a buffer whose shape depends only on N and K, so the same
-    # inputs give the same bits on every call.
+    # inputs give the same bits on every call, in every process.
     return grad_x, grad_branches, partials.sum(dim=1)

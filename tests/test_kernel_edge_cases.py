@@ -1,0 +1,82 @@
+"""Kernel edge cases the shared harness (test_residual_aggregate.py) does not reach, for every
+compiled backend present: non-finite incoming gradients where the relu is off, and many more
+branches than one launch or pointer table takes, over a size that crosses the CPU kernel's
+reduction chunks."""
+import math
+
+import pytest
+import torch
+
+from plasticnet.ops import available_backends, residual_aggregate
+
+DEVICES = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+SUBJECTS = [(backend, device) for device in DEVICES for backend in available_backends(device) if backend != "reference"]
+# The CPU kernel reduces over chunks of this many elements (csrc/cpu/residual_aggregate.cpp).
+CPU_CHUNK = 16384
+
+
+def _subject_id(subject) -> str:
+    return "-".join(subject)
+
+
+def _leaves(shape, K, dtype, device):
+    """x, K branches, gates and mask (one path masked off), all requiring grad."""
+    scale_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    gates = torch.randn(K, dtype=scale_dtype, device=device)
+    mask = torch.ones(K, dtype=scale_dtype, device=device)
+    mask[K // 2] = 0.0
+    tensors = [torch.randn(shape, dtype=dtype, device=device) for _ in range(K + 1)]
+    return [t.requires_grad_() for t in (*tensors, gates, mask)]
+
+
+def _forward_and_grads(backend, leaves, grad_out):
+    """[y, grad of every leaf] of residual_aggregate on `backend`, backpropagating grad_out."""
+    x, *branches, gates, mask = leaves
+    y = residual_aggregate(x, branches, gates, mask, activation="relu", backend=backend)
+    return [y, *torch.autograd.grad(y, leaves, grad_out)]
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float16), ids=str)
+@pytest.mark.parametrize("subject", SUBJECTS, ids=_subject_id)
+def test_non_finite_grad_out_where_relu_is_off_gives_zero_gradient(subject, dtype):
+    # torch.relu's backward selects, so inf or NaN arriving where relu output 0 contributes nothing;
+    # a kernel that multiplies by a 0/1 mask would turn it into NaN in every gradient instead.
+    backend, device = subject
+    leaves = _leaves((4, 257), 3, dtype, device)
+    x, *branches, gates, mask = leaves
+    with torch.no_grad():
+        y = residual_aggregate(x, branches, gates, mask, backend="reference")
+    off = y == 0
+    assert 0 < off.sum() < y.numel()
+    grad_out = torch.randn_like(y)
+    grad_out[off] = torch.tensor([math.inf, -math.inf, math.nan], dtype=dtype, device=device).repeat(y.numel())[
+        : int(off.sum())]
+    actual = _forward_and_grads(backend, leaves, grad_out)
+    expected = _forward_and_grads("reference", leaves, grad_out)
+    assert all(t.isfinite().all() for t in expected[1:])
+    names = ["y", "grad x", "grad branches[0]", "grad branches[1]", "grad branches[2]", "grad gates", "grad mask"]
+    for name, a, e in zip(names, actual, expected):
+        # Same dtype rounding in both; the contributions are fp32 sums in another order.
+        torch.testing.assert_close(a, e, rtol=1e-3, atol=1e-3, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("subject", SUBJECTS, ids=_subject_id)
+def test_forty_branches_over_several_reduction_chunks(subject):
+    # No backend has a limit on K: the compiled ones chain launches of 8 branches, the CPU one keeps
+    # one accumulator per branch. 2 chunks + 1 element: a chunk boundary and a one-element last chunk.
+    backend, device = subject
+    K = 40
+    leaves = _leaves((2 * CPU_CHUNK + 1,), K, torch.float32, device)
+    grad_out = torch.randn(leaves[0].shape, device=device)
+    actual = _forward_and_grads(backend, leaves, grad_out)
+    oracle_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    expected = _forward_and_grads("reference", oracle_leaves, grad_out.double())
+    for a, e in zip(actual[: K + 2], expected):  # y, grad x, grad branches: one rounding each
+        torch.testing.assert_close(a, e.float())
+    # grad gates and grad mask are sums of 32769 terms of size ~1 each: fp32 summation error
+    # stays far below 1e-5 of the sum of the terms' magnitudes.
+    _, *branches, _, _ = oracle_leaves
+    dz = grad_out.double() * (expected[0] > 0)
+    term_sums = torch.stack([(dz * h.detach()).abs().sum() for h in branches])
+    for a, e in zip(actual[K + 2:], expected[K + 2:]):
+        assert ((a.double() - e).abs() <= 1e-5 * term_sums).all()
