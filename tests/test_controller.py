@@ -16,6 +16,7 @@ from plasticnet.models import PlasticResNet
 from plasticnet.ops import residual_aggregate
 from plasticnet.plasticity import PathScores
 from plasticnet.plasticity.controller import PlasticityController
+from plasticnet.plasticity.criteria import strongest, weakest
 from plasticnet.plasticity.schedules import RewireSchedule, cosine_drop_fraction
 
 FEATURES, CLASSES = 4, 3
@@ -66,7 +67,9 @@ class TinyPlasticNet(nn.Module):
         for j, site in self.scores.items():
             site.set_computed([self._slot(p) for p in self._active + self._probed if p[1] == int(j)])
 
-    def set_active(self, paths):
+    def set_active(self, paths, *, keep_budget=True):
+        assert not keep_budget or len(paths) == self.budget, "the controller must keep the budget"
+        self.budget = len(paths)
         self._active = sorted(paths)
         self._sync()
 
@@ -223,6 +226,14 @@ def test_controller_rejects_non_plastic_model_and_non_optimizer():
         PlasticityController(TinyPlasticNet(), object(), total_steps=10)
 
 
+def test_controller_rejects_an_optimizer_without_the_inactive_paths(net):
+    model, _ = net
+    # a common idiom, wrong here: a grown path's parameters would never train
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    with pytest.raises(ValueError, match="optimizer: expected to hold the parameters of every candidate path"):
+        controller_for(model, optimizer)
+
+
 # ---- drop criteria ----
 
 def set_gate(model, path, value):
@@ -258,6 +269,15 @@ def test_drop_criterion_drops_the_weakest_paths(drop, construct, drop_count):
     assert paths_of(event.dropped) == paths_of(expected)
     assert [score for _, score in event.dropped] == pytest.approx([value for _, value in expected])
     assert len(event.grown) == count and len(model.active_paths()) == model.budget
+
+
+def test_ties_go_to_the_earlier_path():
+    model = TinyPlasticNet()  # every gate 1: a tie among all active paths
+    event = controller_for(model, drop="gate", drop_count=2).step()
+    assert paths_of(event.dropped) == [(0, 1), (1, 2)]
+    scored = [((2, 3), 1.0), ((0, 1), 1.0), ((1, 2), 0.5), ((0, 2), 0.5)]
+    assert paths_of(weakest(scored, 3)) == [(0, 2), (1, 2), (0, 1)]
+    assert paths_of(strongest(scored, 3)) == [(0, 1), (2, 3), (0, 2)]
 
 
 def test_gradient_drop_without_gradients_names_the_call_order():
@@ -296,7 +316,7 @@ def expected_contributions(model, batch, probed):
     twin = clone(model)
     for path in probed:
         set_gate(twin, path, 0.0)
-    twin.set_active(model.active_paths() + probed)
+    twin.set_active(model.active_paths() + probed, keep_budget=False)
     loss_on(twin, batch).backward()
     return {path: twin.path(*path).gate.grad.item() for path in probed}
 
@@ -339,7 +359,7 @@ def test_grown_paths_start_at_gate_zero_and_leave_the_function_unchanged(net):
     event = controller_for(model, drop_count=2).step()
     dropped, grown = paths_of(event.dropped), paths_of(event.grown)
     assert all(model.path(*p).gate.item() == 0.0 for p in grown)
-    before.set_active(sorted(set(before.active_paths()) - set(dropped)))  # the drop alone
+    before.set_active(sorted(set(before.active_paths()) - set(dropped)), keep_budget=False)  # the drop alone
     before.eval()
     with torch.no_grad():
         torch.testing.assert_close(model(inputs), before(inputs))
@@ -398,6 +418,29 @@ def test_just_grown_paths_are_not_dropped_at_the_next_rewire():
     assert set(paths_of(second.dropped)).isdisjoint(first)
     third = controller.step()
     assert set(paths_of(third.dropped)) & set(first), "the protection lasts one rewire"
+
+
+def test_rewire_without_inactive_candidates_changes_nothing():
+    model = PlasticResNet("resnet18", base_width=8, max_span=1)  # every candidate is active
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    probes = []
+    event = controller_for(model, grow="probe").step(probe=lambda: probes.append(1))
+    assert event.dropped == [] and event.grown == [] and probes == [], "nothing to grow: no probe, no drop"
+    assert all(torch.equal(value, before[name]) for name, value in model.state_dict().items())
+
+
+def test_model_converted_after_the_controller_was_built(net):
+    model, make_batch = net
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    controller = controller_for(model, optimizer, drop="taylor", grow="probe", interval=2, drop_count=2)
+    batches = batches_from(make_batch, 3, seed=8)  # step 2 rewires, step 3 trains the grown paths
+    train(model, optimizer, controller, batches[:1])
+    model.double()  # the same Parameter objects, so the optimizer and the controller still hold them
+    double = [tuple(t.double() if t.is_floating_point() else t for t in batch) for batch in batches[1:]]
+    (event,) = [e for e in train(model, optimizer, controller, double) if e]
+    grown = paths_of(event.grown)
+    assert len(grown) == 2 and all(model.path(*p).gate.dtype == torch.float64 for p in grown)
+    assert all(model.path(*p).gate.item() != 0.0 for p in grown), "the grown paths train after the rewire"
 
 
 def test_no_rewire_after_end_fraction_of_training():

@@ -124,6 +124,17 @@ def test_compiled_fused_resnet18_equals_eager():
     _assert_same_function(fused, compiled, torch.randn(INPUT_SHAPE), rtol=1e-4, atol=1e-4)
 
 
+def test_fused_channels_last_resnet_compiles_to_the_original_function():
+    original = randomize_batchnorm(ResNet(Bottleneck, [1, 1, 1, 1], num_classes=7))
+    original.to(memory_format=torch.channels_last)
+    compiled = _fused_twin(original)
+    compiled.compile(backend="aot_eager", fullgraph=True)  # the fused join must not break the graph
+    x = torch.randn(INPUT_SHAPE).to(memory_format=torch.channels_last)
+    for train in (False, True):
+        original.train(train), compiled.train(train)
+        _assert_same_function(original, compiled, x)
+
+
 def _device_backends():
     devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
     return [pytest.param(device, backend, id=f"{device}-{backend}")

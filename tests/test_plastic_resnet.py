@@ -116,6 +116,7 @@ def test_candidate_set_respects_span_and_resolution_changes():
     ([(0, "x")], TypeError, "pairs of ints"),
     ([(0, 1, 2)], TypeError, "pairs of ints"),
     ("0_1", TypeError, "iterable of"),
+    ([(0, 1), (1, 2)], ValueError, r"expected 8 paths \(the budget\), got 2"),
 ])
 def test_set_active_rejects_bad_paths(paths, error, match):
     model = PlasticResNet(**TINY)
@@ -123,6 +124,14 @@ def test_set_active_rejects_bad_paths(paths, error, match):
     with pytest.raises(error, match=match):
         model.set_active(paths)
     assert model.active_paths() == before
+
+
+def test_set_active_changes_the_budget_only_when_told():
+    model = PlasticResNet(max_span=2, **TINY)
+    model.set_active([(0, 2), (2, 3)], keep_budget=False)
+    assert model.budget == 2 and model.active_paths() == [(0, 2), (2, 3)]
+    with pytest.raises(ValueError, match="expected 2 paths"):
+        model.set_active([(0, 1)])
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -172,10 +181,11 @@ def test_state_dict_round_trip_restores_topology_into_any_model():
             gate.uniform_(0.2, 1.0)
     x = torch.randn(2, 3, 8, 8)
     source(x).sum().backward()  # non-zero PathScores to carry over
-    target = PlasticResNet(init="resnet", **TINY)
-    assert target.active_paths() != source.active_paths()
+    target = PlasticResNet(init="resnet", gate_init="zero", zero_init_residual=True, score_decay=0.5, **TINY)
+    assert target.active_paths() != source.active_paths() and target.budget == 8
     target.load_state_dict(source.state_dict())
     assert target.active_paths() == source.active_paths()
+    assert target.budget == source.budget == 6  # a controller on the target keeps the loaded count
     assert target.gates().keys() == source.gates().keys()
     for name, stat in source.path_statistics().items():
         torch.testing.assert_close(target.path_statistics()[name], stat)
@@ -213,7 +223,7 @@ def test_probing_keeps_the_output_and_records_contributions():
     # "last" of a probed path is dLoss/dg at g = 0, as if the path were active with gate 0
     contributions = stats["last"][index]
     model.zero_grad(set_to_none=True)
-    model.set_active(model.active_paths() + probed)
+    model.set_active(model.active_paths() + probed, keep_budget=False)
     for p in probed:
         with torch.no_grad():
             model.path(*p).gate.zero_()
@@ -231,6 +241,12 @@ def test_probing_outside_the_context_computes_only_active_paths():
     with pytest.raises(ValueError, match="inactive candidates"):
         with model.probing([(0, 1)]):
             pass
+    with model.probing([(0, 2)]):
+        # a nested context's exit would end the outer probe early
+        with pytest.raises(RuntimeError, match="do not nest"):
+            with model.probing([(1, 3)]):
+                pass
+        assert ("0_2", 0) in model._plans[1].sources
 
 
 def test_reinitialized_grown_path_leaves_the_function_unchanged():
@@ -242,7 +258,7 @@ def test_reinitialized_grown_path_leaves_the_function_unchanged():
     model.reinitialize_path(4, 6)
     assert model.path(4, 6).gate.item() == 0.0
     assert model.path(4, 6).body[0].weight.std() > 0
-    model.set_active(model.active_paths() + [(4, 6)])
+    model.set_active(model.active_paths() + [(4, 6)], keep_budget=False)
     torch.testing.assert_close(model(x), expected)
     model.reinitialize_path(4, 6, zero_init_last_bn=True)
     assert (model.path(4, 6).body.bn2.weight == 0).all()

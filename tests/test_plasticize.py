@@ -12,11 +12,12 @@ from plasticnet.nn.plasticize import plasticize
 
 from helpers import randomize_batchnorm
 
-# Small members of each family (torchvision's resnext50_32x4d and wide_resnet50_2 are this
-# class with groups/width_per_group set; fewer blocks keep the test fast).
+# torchvision's own models (resnet152: the deepest, 50 nodes) and small members of each family
+# (wide_resnet50_2 is this class with width_per_group=128; fewer blocks keep the test fast).
 MODELS = {
     "resnet18": lambda: torchvision.models.resnet18(num_classes=10),
     "resnext50_32x4d": lambda: torchvision.models.resnext50_32x4d(num_classes=10),
+    "resnet152": lambda: torchvision.models.resnet152(num_classes=10),
     "bottleneck": lambda: ResNet(Bottleneck, [2, 1, 1, 1], num_classes=7),
     "resnext": lambda: ResNet(Bottleneck, [1, 2, 1, 1], num_classes=7, groups=4, width_per_group=8),
     "wide": lambda: ResNet(Bottleneck, [1, 1, 2, 1], num_classes=7, width_per_group=128),
@@ -80,6 +81,30 @@ def test_new_paths_follow_the_model_body():
 def test_not_a_resnet_is_a_type_error():
     with pytest.raises(TypeError, match="model: expected a torchvision.models.ResNet"):
         plasticize(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()))
+
+
+class _ScaledResidualBlock(BasicBlock):
+    """A user's BasicBlock subclass whose forward differs from torchvision's."""
+
+    def forward(self, x):
+        return torch.relu(0.5 * self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))) + x)
+
+
+class _FeatureResNet(ResNet):
+    """A user's ResNet subclass whose forward returns the pooled features, not the logits."""
+
+    def _forward_impl(self, x):
+        return torch.flatten(self.avgpool(self.layer4(self.layer3(self.layer2(self.layer1(self.conv1(x)))))), 1)
+
+
+def test_a_model_computing_something_else_is_refused():
+    """Rebuilding a block or a forward torchvision does not define would change the function silently."""
+    model = ResNet(BasicBlock, [2, 1, 1, 1])
+    model.layer1[1] = _ScaledResidualBlock(64, 64)
+    with pytest.raises(ValueError, match=r"cannot plasticize.*: layer1\.1 \(_ScaledResidualBlock\)$"):
+        plasticize(model)
+    with pytest.raises(ValueError, match="_FeatureResNet overrides ResNet._forward_impl"):
+        plasticize(_FeatureResNet(BasicBlock, [1, 1, 1, 1]))
 
 
 def test_derived_options_cannot_be_given():

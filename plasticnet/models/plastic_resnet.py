@@ -57,6 +57,9 @@ def _check_positive_ints(name: str, values, length: int | None = None, minimum: 
 def _sync_after_load(model: "PlasticResNet", incompatible_keys) -> None:
     # a module-level function, not a lambda, so that torch.save(model) can pickle the hook
     model._sync_topology()
+    # the loaded topology is the source model's, budget included: a controller on this model
+    # must keep the loaded number of active paths, not the one this model was built with
+    model.budget = len(model.active_paths())
 
 
 @dataclass
@@ -79,7 +82,8 @@ class PlasticResNet(nn.Module):
                      model IS the ordinary ResNet; "random": `initial_paths` plus paths drawn
                      with `seed` until `budget` are active.
       budget         number of active paths; default the node count D (the matching ResNet's
-                     block count). init="resnet" needs budget == D.
+                     block count). init="resnet" needs budget == D. set_active() keeps it
+                     (unless told otherwise); load_state_dict() takes the loaded model's.
       max_span       candidate paths (i -> j) have j - i <= max_span.
       base_width     first-stage width; stage widths default to base_width * (1, 2, 4, 8)
                      times the body expansion (4 for Bottleneck), as torchvision's ResNet.
@@ -299,10 +303,16 @@ class PlasticResNet(nn.Module):
         """The active paths' gates: (i, j) -> a 0-dim view of the gate (no grad, follows updates)."""
         return {p: self.paths[self._key(*p)].gate.detach() for p in self.active_paths()}
 
-    def set_active(self, paths: Iterable[Edge]) -> None:
+    def set_active(self, paths: Iterable[Edge], *, keep_budget: bool = True) -> None:
         """Make exactly `paths` active. Active paths' parameters (body and gate) train; inactive
-        ones get requires_grad=False and grad None, so optimizers and weight decay skip them."""
+        ones get requires_grad=False and grad None, so optimizers and weight decay skip them.
+        `paths` must number `budget` (the count a controller keeps); keep_budget=False makes
+        their number the new budget."""
         paths = self._check_paths("paths", paths)
+        if keep_budget and len(paths) != self.budget:
+            raise ValueError(f"paths: expected {self.budget} paths (the budget), got {len(paths)}; pass "
+                             f"keep_budget=False to change the budget")
+        self.budget = len(paths)
         active = torch.zeros(len(self._candidates), dtype=torch.bool)
         active[torch.tensor([self._candidate_index[p] for p in paths], dtype=torch.long)] = True
         self.active.copy_(active)  # in place: the buffer keeps its device
@@ -313,6 +323,9 @@ class PlasticResNet(nn.Module):
         """Inside the context, forward also computes the given inactive candidates with gate 0:
         the output is unchanged, their parameters get no gradient, and their contribution c
         reaches the sites' PathScores ("last", "grow")."""
+        if self._probed:
+            # the inner context's exit would silently end the outer one's probe
+            raise RuntimeError(f"probing: already probing {self._probed}; probing() contexts do not nest")
         probed = self._check_paths("paths", paths)
         active = set(self.active_paths())
         if any(p in active for p in probed):

@@ -7,18 +7,29 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from plasticnet.models.path import residual_body
 from plasticnet.models.plastic_resnet import PlasticResNet
+from plasticnet.nn.blocks import FusedBasicBlock, FusedBottleneck
 
 # PlasticResNet options that plasticize reads off the model instead of taking them
 _DERIVED = ("arch", "num_classes", "body", "nodes_per_stage", "stage_widths", "stage_strides", "stem_width",
             "groups", "width_per_group", "norm_layer", "base_width", "stem", "stem_pool_stride", "projection")
 
 
+# Blocks whose function is known to be relu(body(x) + identity): a subclass may compute something
+# else, which rebuilding it from its conv/BN modules would silently change.
+_KNOWN_BLOCKS = (BasicBlock, Bottleneck, FusedBasicBlock, FusedBottleneck)
+
+
 def _blocks(model: ResNet) -> list[Sequence[nn.Module]]:
     stages = [list(getattr(model, f"layer{s}")) for s in range(1, 5)]
     kinds = {type(b) for stage in stages for b in stage if not isinstance(b, (BasicBlock, Bottleneck))}
     if kinds:
-        raise TypeError(f"model: expected torchvision BasicBlock or Bottleneck blocks (or subclasses), got "
+        raise TypeError(f"model: expected torchvision BasicBlock or Bottleneck blocks, got "
                         f"{sorted(k.__name__ for k in kinds)}")
+    unknown = [f"layer{s}.{b} ({type(block).__qualname__})" for s, stage in enumerate(stages, start=1)
+               for b, block in enumerate(stage) if type(block) not in _KNOWN_BLOCKS]
+    if unknown:
+        raise ValueError(f"model: cannot plasticize these blocks, which are neither torchvision's "
+                         f"BasicBlock/Bottleneck nor fused blocks: {', '.join(unknown)}")
     if len({isinstance(b, Bottleneck) for stage in stages for b in stage}) != 1:
         raise TypeError("model: expected one block kind throughout, got both BasicBlock and Bottleneck")
     return stages
@@ -45,6 +56,11 @@ def plasticize(model: nn.Module, *, max_span: int = 3, budget: int | None = None
     if not isinstance(model, ResNet):
         raise TypeError(f"model: expected a torchvision.models.ResNet (resnet18..152, wide_resnet, resnext), "
                         f"got {type(model).__name__}")
+    overridden = [name for name in ("forward", "_forward_impl")
+                  if getattr(type(model), name) is not getattr(ResNet, name)]
+    if overridden:
+        raise ValueError(f"model: {type(model).__qualname__} overrides ResNet.{', ResNet.'.join(overridden)}; "
+                         "plasticize rebuilds torchvision's forward, which would silently change its function")
     derived = sorted(set(options) & set(_DERIVED))
     if derived:
         raise TypeError(f"plasticize: {derived} are read off the model and cannot be given")

@@ -93,7 +93,8 @@ class PlasticityController:
     seeded by `seed`; the global RNG is left as it was. Under torch.distributed, scores are
     averaged across ranks before deciding, and every rank's active paths are compared before
     and after each rewire (RuntimeError on a mismatch). A step that does not rewire touches no
-    tensor, so it never synchronises the host.
+    tensor, so it never synchronises the host. The optimizer must hold every candidate path's
+    parameters, inactive ones included (ValueError otherwise): a grown path must train.
     """
 
     def __init__(self, model, optimizer: torch.optim.Optimizer, *, drop: str = "taylor", grow: str = "probe",
@@ -121,6 +122,14 @@ class PlasticityController:
             if drop == "threshold":
                 raise ValueError(f"drop_count: drop='threshold' drops every path below the threshold, "
                                  f"so it takes no drop_count (got {drop_count!r})")
+        held = {param for group in optimizer.param_groups for param in group["params"]}
+        unheld = [path for path in model.candidate_paths()
+                  if any(param not in held for param in model.path(*path).parameters())]
+        if unheld:
+            raise ValueError(f"optimizer: expected to hold the parameters of every candidate path, but not those "
+                             f"of {len(unheld)} paths, e.g. {unheld[:3]}: build it from model.parameters(), not "
+                             "only those that require grad (an inactive path is frozen until it grows, then it "
+                             "must train)")
         self.model = model
         self.optimizer = optimizer
         self.drop = drop
