@@ -22,6 +22,12 @@ def test_round_trip_loads_with_weights_only(tmp_path):
     torch.testing.assert_close(torch.rand(4, generator=generator), expected)
 
 
+def test_atomic_write_gives_the_file_the_permissions_open_would(tmp_path):
+    atomic_write(str(tmp_path / "atomic"), lambda file: file.write(b"x"))
+    (tmp_path / "plain").write_bytes(b"x")
+    assert os.stat(tmp_path / "atomic").st_mode == os.stat(tmp_path / "plain").st_mode
+
+
 def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     path = str(tmp_path / "last.pt")
     save_checkpoint(path, {"epoch": 1})
@@ -42,8 +48,11 @@ def test_missing_corrupt_and_foreign_checkpoints_are_clear_errors(tmp_path):
     corrupt = tmp_path / "corrupt.pt"
     save_checkpoint(str(corrupt), {"epoch": 1})
     corrupt.write_bytes(corrupt.read_bytes()[:100])
-    with pytest.raises(CheckpointError, match="unreadable"):
+    with pytest.raises(CheckpointError, match="unreadable.*zip archive"):
         load_checkpoint(str(corrupt))
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"unreadable.*\(UnpicklingError: Unsupported operand \d+\)$"):
+        load_checkpoint(str(corrupt))  # the cause, not torch's advice to load unsafely
     foreign = tmp_path / "foreign.pt"
     torch.save(torch.nn.Linear(2, 2).state_dict(), foreign)
     with pytest.raises(CheckpointError, match="not written by `plasticnet train`"):
@@ -57,5 +66,6 @@ class Payload:
 def test_checkpoint_with_arbitrary_objects_is_refused(tmp_path):
     path = tmp_path / "pickled.pt"
     torch.save({"format": "plasticnet-train-checkpoint", "version": 1, "payload": Payload()}, path)
-    with pytest.raises(CheckpointError, match="unreadable"):
+    with pytest.raises(CheckpointError, match=r"unreadable.*Unsupported global: GLOBAL \S*Payload") as info:
         load_checkpoint(str(path))
+    assert "weights_only` set to `False`" not in str(info.value)  # torch's advice to load it unsafely

@@ -16,15 +16,33 @@ from plasticnet.training.data import (NUM_CLASSES, DataUnavailableError, DeviceA
                                       load_cifar10, shuffled_batches, synthetic_cifar)
 
 
-def test_synthetic_is_deterministic_cifar_shaped_and_covers_every_class():
-    train, test = synthetic_cifar(300, 40, seed=3)
-    again, _ = synthetic_cifar(300, 40, seed=3)
-    other, _ = synthetic_cifar(300, 40, seed=4)
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_synthetic_is_deterministic_cifar_shaped_on_the_device_and_covers_every_class(device):
+    train, test = synthetic_cifar(300, 40, seed=3, device=device)
+    again, _ = synthetic_cifar(300, 40, seed=3, device=device)
+    other, _ = synthetic_cifar(300, 40, seed=4, device=device)
     assert train.images.shape == (300, 3, 32, 32) and train.images.dtype == torch.uint8
     assert test.images.shape == (40, 3, 32, 32) and train.labels.dtype == torch.long
+    assert train.images.device.type == test.labels.device.type == device
     assert torch.equal(train.images, again.images) and torch.equal(train.labels, again.labels)
     assert not torch.equal(train.images, other.images)
     assert set(train.labels.tolist()) == set(range(NUM_CLASSES))
+
+
+def test_synthetic_classes_differ_in_texture_not_in_colour_or_brightness():
+    # nearest class centroid on each image's per-channel mean and std: the shortcut an easy
+    # set (one colour per class) offers, which would let a model skip learning the shapes
+    train, test = synthetic_cifar(2000, 1000, seed=0)
+
+    def colour_statistics(images):
+        scaled = images.float() / 255
+        return torch.cat([scaled.mean(dim=(2, 3)), scaled.std(dim=(2, 3))], 1)
+
+    features = colour_statistics(train.images)
+    centroids = torch.stack([features[train.labels == k].mean(0) for k in range(NUM_CLASSES)])
+    predicted = torch.cdist(colour_statistics(test.images), centroids).argmin(1)
+    assert (predicted == test.labels).float().mean() < 0.2  # chance is 0.1
 
 
 def _odd_batch(seed=0):

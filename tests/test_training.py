@@ -1,13 +1,17 @@
 """`plasticnet train` end to end on tiny synthetic settings: run dir, resume, CLI errors."""
 import argparse
 import json
+import math
 import os
 
 import pytest
 import torch
+from torch._dynamo.utils import counters as dynamo_counters
 
+from plasticnet.cli import main as plasticnet_main
 from plasticnet.training import Trainer, cli
 from plasticnet.training.checkpoint import load_checkpoint
+from plasticnet.training.loop import lr_factor
 from plasticnet.training.plots import topology_timeline
 from plasticnet.training.run_dir import read_jsonl
 
@@ -36,8 +40,11 @@ def comparable(metrics: list[dict]) -> list[dict]:
     return [{k: v for k, v in m.items() if k != "images_per_s"} for m in metrics]
 
 
-def test_help_documents_every_option_with_its_default():
-    help_text = parser().format_help()
+def test_help_documents_every_option_with_its_default(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        plasticnet_main(["train", "--help"])  # the real entry point, with its help formatter
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
     for option in ISSUE_OPTIONS:
         assert option in help_text
     options = [a for a in parser()._actions if a.option_strings and a.dest != "help"]
@@ -56,7 +63,8 @@ def test_tiny_plastic_run_writes_the_whole_run_dir(tmp_path):
     metrics = read_jsonl(str(out / "metrics.jsonl"))
     assert [m["epoch"] for m in metrics] == [1, 2]
     for m in metrics:
-        assert {"train_loss", "train_acc", "test_loss", "test_acc", "lr", "images_per_s"} <= set(m)
+        assert set(m) == {"epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "images_per_s",
+                          "active_paths"}
         assert len(m["active_paths"]) == 8  # resnet18's budget: its 8 blocks
     events = read_jsonl(str(out / "events.jsonl"))
     assert [e["step"] for e in events] == [3, 6, 9]  # step 12 is the last step: end_fraction excludes it
@@ -71,6 +79,68 @@ def test_tiny_plastic_run_writes_the_whole_run_dir(tmp_path):
     timeline = topology_timeline(metrics, events)
     assert [tuple(p) for p in timeline[0][1]] == [(j - 1, j) for j in range(1, 9)]
     assert [step for step, _ in timeline] == [0, 3, 6, 9]
+
+
+def test_plastic_run_without_a_rewire_still_has_its_events_log(tmp_path):
+    out = tmp_path / "run"
+    assert run_cli([*TINY_ARGS, "--model", "plastic-resnet18", "--epochs", "1", "--rewire-interval", "100",
+                    "--out", str(out)]) == 0
+    assert (out / "events.jsonl").read_text() == ""
+    assert (out / "topology.png").stat().st_size > 0
+    assert run_cli(["--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
+    assert (out / "events.jsonl").read_text() == ""
+
+
+@pytest.mark.slow  # about 50 s of inductor compilation on 2 CPU cores with a cold cache, 5 s with a warm one
+def test_compiled_run_matches_the_eager_one(tmp_path):
+    # one optimizer step of a tiny plastic model: compiling the parts must not change the numbers
+    argv = [*TINY_ARGS, "--model", "plastic-resnet18", "--epochs", "1", "--train-size", "16", "--test-size", "16",
+            "--eval-batch-size", "16"]
+    eager = Trainer(cli.parse_config([*argv, "--out", str(tmp_path / "eager")])).fit()
+    dynamo_counters.clear()
+    try:
+        compiled = Trainer(cli.parse_config([*argv, "--compile", "--out", str(tmp_path / "compiled")])).fit()
+        assert dynamo_counters["stats"]["unique_graphs"] > 0  # --compile did compile
+    finally:
+        torch._dynamo.reset()  # later tests start without this test's compiled graphs
+    assert compiled[0]["active_paths"] == eager[0]["active_paths"]
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr"):
+        torch.testing.assert_close(compiled[0][key], eager[0][key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
+def test_lr_warms_up_linearly_then_follows_the_schedule(schedule):
+    total, warmup = 20, 4
+    factors = [lr_factor(step, total_steps=total, warmup_steps=warmup, schedule=schedule) for step in range(total + 1)]
+    progress = [(step - warmup) / (total - warmup) for step in range(warmup, total + 1)]
+    expected = {"cosine": [(1 + math.cos(math.pi * p)) / 2 for p in progress], "linear": [1 - p for p in progress],
+                "constant": [1.0] * len(progress)}[schedule]
+    assert factors[:warmup] == pytest.approx([1 / 4, 2 / 4, 3 / 4, 1.0])
+    assert factors[warmup:] == pytest.approx(expected)
+
+
+def test_trainer_uses_nesterov_sgd_label_smoothing_and_the_schedule(tmp_path):
+    trainer = Trainer(cli.parse_config([*TINY_ARGS, "--model", "resnet18", "--epochs", "2", "--lr", "0.2",
+                                        "--label-smoothing", "0.2", "--out", str(tmp_path / "run")]))
+    assert isinstance(trainer.optimizer, torch.optim.SGD) and trainer.optimizer.defaults["nesterov"]
+    assert trainer.criterion.label_smoothing == 0.2
+    metrics = trainer.fit()
+    # 6 steps per epoch, warm-up 3 steps, cosine over the other 9: the lr logged after each epoch
+    assert [m["lr"] for m in metrics] == pytest.approx(
+        [0.2 * lr_factor(step, total_steps=12, warmup_steps=3, schedule="cosine") for step in (6, 12)])
+
+
+def test_flip_tta_averages_the_image_and_its_mirror_image(tmp_path):
+    trainer = Trainer(cli.parse_config([*TINY_ARGS, "--model", "resnet18", "--epochs", "1", "--tta",
+                                        "--out", str(tmp_path / "run")]))
+    trainer.model.eval()
+    with torch.no_grad():
+        x = trainer.augmenter.normalise(trainer.test_set.images)
+        probabilities = (trainer.model(x).softmax(1) + trainer.model(x.flip(3)).softmax(1)) / 2
+    labels = trainer.test_set.labels
+    loss, accuracy = trainer.evaluate()
+    assert loss == pytest.approx(torch.nn.functional.nll_loss(probabilities.log(), labels).item(), rel=1e-5)
+    assert accuracy == pytest.approx((probabilities.argmax(1) == labels).float().mean().item())
 
 
 def test_resume_matches_an_uninterrupted_run(tmp_path):
@@ -115,9 +185,11 @@ def test_corrupt_checkpoint_or_missing_run_dir_is_one_clear_line(tmp_path, capsy
 
 
 @pytest.mark.slow
-def test_synthetic_data_is_learned_well_above_chance_in_two_epochs(tmp_path):
+def test_synthetic_data_is_learned_well_above_chance_in_two_epochs_but_not_solved(tmp_path):
     config = cli.parse_config(["--dataset", "synthetic", "--model", "resnet18", "--base-width", "8", "--train-size",
-                               "640", "--test-size", "200", "--batch-size", "32", "--epochs", "2", "--device", "cpu",
+                               "2560", "--test-size", "500", "--batch-size", "64", "--epochs", "2", "--device", "cpu",
                                "--no-progress", "--out", str(tmp_path / "run")])
     metrics = Trainer(config).fit()
-    assert metrics[-1]["test_acc"] > 0.5  # chance is 0.1
+    # chance is 0.1 (seeds 0-2 reach 0.76-0.90); a set solved this fast (the first synthetic
+    # set reached 1.0 in one epoch) could not tell one network from another in offline runs
+    assert 0.5 < metrics[-1]["test_acc"] < 0.97

@@ -26,6 +26,7 @@ def atomic_write(path: str, write) -> None:
     descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
         with os.fdopen(descriptor, "wb") as file:
+            os.fchmod(file.fileno(), 0o666 & ~_umask())  # mkstemp's file is private (0600); open() would not be
             write(file)
             file.flush()
             os.fsync(file.fileno())
@@ -33,6 +34,12 @@ def atomic_write(path: str, write) -> None:
     except BaseException:
         os.unlink(temporary)
         raise
+
+
+def _umask() -> int:
+    umask = os.umask(0)  # the only way to read it is to set it
+    os.umask(umask)
+    return umask
 
 
 def save_checkpoint(path: str, state: dict) -> None:
@@ -58,9 +65,12 @@ def load_checkpoint(path: str, map_location=None) -> dict:
 
 
 def _essence(error: Exception) -> str:
-    """The informative line of a torch.load error (weights_only errors put it deep in a long text)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    detail = next((line for line in lines if "error:" in line), lines[0] if lines else "no detail")
+    """The cause in a torch.load error: weights_only errors bury it after advice to load
+    unsafely, on the line after "WeightsUnpickler error:" or on the same one."""
+    text = str(error)
+    _, marker, cause = text.partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in (cause if marker else text).splitlines() if line.strip()]
+    detail = lines[0].split(". ")[0] if lines else "no detail"  # the first sentence
     return f"{type(error).__name__}: {detail}"
 
 

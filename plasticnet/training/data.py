@@ -5,6 +5,7 @@ set of the same shape are held as uint8 NCHW tensors on the device. Shuffling, r
 (reflect padding), horizontal flip and cutout are a handful of batched tensor ops per step:
 no per-sample Python and no DataLoader workers, so the GPU is never waiting on the host.
 """
+import math
 from dataclasses import dataclass
 
 import torch
@@ -68,31 +69,72 @@ def load_cifar10(data_dir: str, download: bool) -> tuple[ImageSet, ImageSet]:
     return to_image_set(load(True)), to_image_set(load(False))
 
 
-def synthetic_cifar(train_size: int, test_size: int, seed: int) -> tuple[ImageSet, ImageSet]:
-    """A CIFAR-shaped 10-class set: each class is a coloured oriented grating (its own hue,
-    orientation and frequency), drawn at a random phase and contrast with pixel noise.
+def synthetic_cifar(train_size: int, test_size: int, seed: int,
+                    device: torch.device | str = "cpu") -> tuple[ImageSet, ImageSet]:
+    """A CIFAR-shaped 10-class set that a ResNet has to work for (see _draw_synthetic).
 
-    Deterministic given `seed`. Easy enough that a small ResNet is far above chance within
-    two short epochs, hard enough (phase, contrast, noise) that it is not solved by one pixel.
+    Generated on `device` by batched tensor ops (no per-sample Python); deterministic given
+    `seed` and the device type (CPU and CUDA random streams differ), so every rank of a
+    distributed run draws the same set.
     """
-    generator = torch.Generator().manual_seed(seed)
-    angles = torch.arange(NUM_CLASSES) * (torch.pi / NUM_CLASSES)
-    frequencies = 2 * torch.pi * (1.5 + (torch.arange(NUM_CLASSES) % 3)) / IMAGE_SIZE
-    colours = 0.3 + 0.7 * torch.rand(NUM_CLASSES, 3, generator=generator)
-    coordinate = torch.arange(IMAGE_SIZE, dtype=torch.float32)
-    y, x = torch.meshgrid(coordinate, coordinate, indexing="ij")
+    generator = torch.Generator(device).manual_seed(seed)
+    return _draw_synthetic(train_size, generator), _draw_synthetic(test_size, generator)
 
-    def draw(size: int) -> ImageSet:
-        labels = torch.randint(NUM_CLASSES, (size,), generator=generator)
-        phase = 2 * torch.pi * torch.rand(size, 1, 1, generator=generator)
-        contrast = 0.5 + 0.5 * torch.rand(size, 1, 1, 1, generator=generator)
-        along = x * torch.cos(angles[labels])[:, None, None] + y * torch.sin(angles[labels])[:, None, None]
-        grating = torch.sin(frequencies[labels][:, None, None] * along + phase)[:, None]  # (N, 1, H, W)
-        images = 0.5 + 0.5 * contrast * grating * colours[labels][:, :, None, None]
-        images = images + 0.15 * torch.randn(images.shape, generator=generator)
-        return ImageSet((images.clamp(0, 1) * 255).round().to(torch.uint8), labels)
 
-    return draw(train_size), draw(test_size)
+# Class k is texture family k % 5 at frequency level k // 5. A family is a sum of up to three
+# gratings at these angles (degrees; weight 0 pads a shorter family), each set closed under
+# mirroring so that flip augmentation never turns one class into another: stripes one way,
+# stripes the other way, a diagonal plaid, a hexagonal plaid, a square grid.
+_FAMILY_ANGLES = ((0, 0, 0), (90, 0, 0), (45, 135, 0), (0, 60, 120), (0, 90, 0))
+_FAMILY_WEIGHTS = ((1, 0, 0), (1, 0, 0), (1, 1, 0), (1, 1, 1), (1, 1, 0))
+_CYCLES = (2.5, 4.5)  # cycles per image width of the two frequency levels
+_CHUNK = 4096  # samples rendered at once: bounds the temporaries of CIFAR-10-sized sets
+
+
+def _draw_synthetic(size: int, generator: torch.Generator) -> ImageSet:
+    """`size` images. Each shows its class's texture in a Gaussian window of random position,
+    size, rotation (+-10 deg), frequency (+-12 %), phases and colour on a random background
+    colour, a 2-5x weaker window of another class's texture (a distractor), and pixel noise.
+    Colour, position and brightness say nothing about the class: only the texture does. At
+    `make train`'s settings a ResNet-18 reaches 80-90 % in 3 epochs, far from both 10 % and 100 %."""
+    device = generator.device
+
+    def uniform(low: float, high: float, *shape: int) -> torch.Tensor:
+        return low + (high - low) * torch.rand(*shape, generator=generator, device=device)
+
+    labels = torch.randint(NUM_CLASSES, (size,), generator=generator, device=device)
+    distractors = (labels + torch.randint(1, NUM_CLASSES, (size,), generator=generator, device=device)) % NUM_CLASSES
+    classes = torch.stack([labels, distractors], 1)  # (N, 2): index 0 the labelled window, 1 the distractor
+    families = classes % len(_FAMILY_ANGLES)
+    angles = torch.tensor(_FAMILY_ANGLES, dtype=torch.float32, device=device).deg2rad()[families]
+    angles = angles + uniform(-0.175, 0.175, size, 2, 1)  # +-10 degrees
+    weights = torch.tensor(_FAMILY_WEIGHTS, dtype=torch.float32, device=device)[families]
+    weights = weights / weights.sum(2, keepdim=True).sqrt()  # every family at the same contrast
+    cycles = torch.tensor(_CYCLES, device=device)[classes // len(_FAMILY_ANGLES)] * uniform(0.88, 1.12, size, 2)
+    frequencies = 2 * math.pi / IMAGE_SIZE * cycles
+    phases = uniform(0, 2 * math.pi, size, 2, 3)
+    centres = uniform(8, IMAGE_SIZE - 8, size, 2, 2)
+    widths = uniform(6, 10, size, 2)
+    strengths = torch.stack([torch.ones(size, device=device), uniform(0.2, 0.5, size)], 1)
+    colours = (uniform(0.3, 0.5, size, 2) * strengths)[..., None] * uniform(0.4, 1, size, 2, 3)
+    backgrounds = uniform(0.3, 0.7, size, 3)
+
+    coordinate = torch.arange(IMAGE_SIZE, dtype=torch.float32, device=device)
+    images = []
+    for chunk in torch.arange(size, device=device).split(_CHUNK):
+        # offsets from each window's centre: x is (n, 2, 1, W), y (n, 2, H, 1)
+        x = coordinate[None, None, None, :] - centres[chunk, :, 0, None, None]
+        y = coordinate[None, None, :, None] - centres[chunk, :, 1, None, None]
+        a = angles[chunk][..., None, None]  # (n, 2, 3, 1, 1)
+        along = x[:, :, None] * a.cos() + y[:, :, None] * a.sin()
+        gratings = torch.sin(frequencies[chunk][..., None, None, None] * along + phases[chunk][..., None, None])
+        texture = (weights[chunk][..., None, None] * gratings).sum(2)
+        window = torch.exp(-(x ** 2 + y ** 2) / (2 * widths[chunk][..., None, None] ** 2))
+        layers = (texture * window)[:, :, None] * colours[chunk][..., None, None]  # (n, 2, 3, H, W)
+        image = backgrounds[chunk][..., None, None] + layers.sum(1)
+        image = image + 0.08 * torch.randn(image.shape, generator=generator, device=device)
+        images.append((image.clamp(0, 1) * 255).round().to(torch.uint8))
+    return ImageSet(torch.cat(images), labels)
 
 
 def channel_statistics(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -94,10 +94,11 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
     return device
 
 
-def load_data(config: dict, distributed: Distributed) -> tuple[datasets.ImageSet, datasets.ImageSet]:
+def load_data(config: dict, distributed: Distributed,
+              device: torch.device) -> tuple[datasets.ImageSet, datasets.ImageSet]:
+    """The train and test sets (synthetic ones are generated on `device`; CIFAR-10 is read on the host)."""
     if config["dataset"] == "synthetic":
-        train, test = datasets.synthetic_cifar(config["train_size"], config["test_size"], config["seed"])
-        return train, test
+        return datasets.synthetic_cifar(config["train_size"], config["test_size"], config["seed"], device)
     if distributed.rank == 0:  # one process downloads, the others then find the files
         train, test = datasets.load_cifar10(config["data_dir"], config["download"])
     if distributed.enabled:
@@ -118,7 +119,7 @@ class Trainer:
         self.on_cuda = self.device.type == "cuda"
         torch.manual_seed(config["seed"])  # the same initial weights on every rank
 
-        train, test = load_data(config, self.distributed)
+        train, test = load_data(config, self.distributed, self.device)
         self.run_dir = RunDir(config["out"], writer=self.distributed.rank == 0)  # after the data: no empty run dirs
         self.train_set, self.test_set = train.to(self.device), test.to(self.device)
         mean, std = datasets.channel_statistics(self.train_set.images)
@@ -159,6 +160,8 @@ class Trainer:
             self._restore()
         else:
             self.run_dir.write_config(config)
+        if self.controller is not None:
+            self.run_dir.create(EVENTS)  # a plastic run's rewire log exists even before (or without) a rewire
 
     # ---- construction -------------------------------------------------------------------
 
@@ -297,12 +300,13 @@ class Trainer:
                     images_per_s = count * self.distributed.world_size / (time.perf_counter() - start)
                     bar.set_postfix({"loss": f"{loss_sum / count:.3f}", "acc": f"{correct / count:.3f}",
                                      "images/s": f"{images_per_s:.0f}"})
-            self._end_epoch(totals, time.perf_counter() - start)
+            self._end_epoch(totals, start)
         return read_jsonl(self.run_dir.file(METRICS))
 
-    def _end_epoch(self, totals: torch.Tensor, seconds: float) -> None:
+    def _end_epoch(self, totals: torch.Tensor, start: float) -> None:
         self.epoch += 1
         loss_sum, correct, count = self.distributed.all_sum(totals).tolist()
+        seconds = time.perf_counter() - start  # after that sync: the device has finished the epoch's steps
         self.distributed.average_batch_norm_statistics(self.model)
         test_loss, test_accuracy = self.evaluate()
         record = {"epoch": self.epoch, "step": self.step, "train_loss": loss_sum / count, "train_acc": correct / count,

@@ -35,6 +35,11 @@ class RunDir:
             text = json.dumps(config, indent=2, sort_keys=True) + "\n"
             atomic_write(self.file(CONFIG), lambda f: f.write(text.encode()))
 
+    def create(self, name: str) -> None:
+        """Make sure the log `name` exists, keeping any lines it has."""
+        if self.writer:
+            open(self.file(name), "a").close()
+
     def append(self, name: str, record: dict) -> None:
         if self.writer:
             with open(self.file(name), "a") as f:
