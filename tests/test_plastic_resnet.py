@@ -377,3 +377,19 @@ def test_every_backend_matches_the_reference_backend(backend):
     torch.testing.assert_close(twin.path(0, 1).gate.grad, model.path(0, 1).gate.grad)
     for name, stat in model.path_statistics().items():
         torch.testing.assert_close(twin.path_statistics()[name], stat, rtol=1e-4, atol=1e-4)
+
+
+def test_compile_parts_keeps_every_part_compiled_in_train_and_eval():
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    model = PlasticResNet("resnet18", base_width=8, max_span=3)
+    model.compile_parts(backend="eager")
+    x = torch.randn(2, 3, 16, 16)
+    model(x).sum().backward()
+    model.eval()
+    model(x)
+    # instances share one forward code object: past Dynamo's cap on compiled variants per code
+    # object, a frame fails to compile and every later part of that class runs eagerly
+    assert counters["frames"]["total"] == counters["frames"]["ok"] > 8

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from plasticnet.models.compilation import compile_each
 from plasticnet.models.path import BODIES, EXPANSION, GATE_POSITIONS, NormLayer, Path, init_resnet_weights, last_norm, make_body
 from plasticnet.ops import ACTIVATIONS, BACKENDS, residual_aggregate
 from plasticnet.plasticity.scores import PathScores
@@ -430,8 +431,7 @@ class PlasticResNet(nn.Module):
     def compile_parts(self, **options) -> None:
         """Compile the stem, the trunk projections, every path and the head separately: the
         topology changes during training, and per-part compilation never recompiles for it."""
-        for module in (self.stem, *self.trunk, *self.paths.values(), self.fc):
-            module.compile(**options)
+        compile_each((self.stem, *self.trunk, *self.paths.values(), self.fc), **options)
 
     def topology(self) -> str:
         """A readable summary: nodes per stage and the active paths with their gates."""

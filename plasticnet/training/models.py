@@ -2,6 +2,7 @@
 from torch import nn
 from torchvision.models.resnet import ResNet
 
+from plasticnet.models.compilation import compile_each
 from plasticnet.nn.blocks import FusedBasicBlock, FusedBottleneck
 
 # name -> (block, blocks per stage), torchvision's ResNet layouts
@@ -58,8 +59,7 @@ class StaticResNet(ResNet):
 
     def compile_parts(self, **options) -> None:
         """Compile the stem, every block and the head separately (see training.loop.compile_model)."""
-        for module in (self.conv1, self.bn1, self.fc, *self.blocks):
-            module.compile(**options)
+        compile_each((self.conv1, self.bn1, self.fc, *self.blocks), **options)
 
 
 def build_model(config: dict, num_classes: int) -> nn.Module:
