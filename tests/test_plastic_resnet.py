@@ -393,3 +393,12 @@ def test_compile_parts_keeps_every_part_compiled_in_train_and_eval():
     # instances share one forward code object: past Dynamo's cap on compiled variants per code
     # object, a frame fails to compile and every later part of that class runs eagerly
     assert counters["frames"]["total"] == counters["frames"]["ok"] > 8
+
+
+@pytest.mark.parametrize("option", [{"gate_position": "after_relu"}, {"join_activation": "none"}])
+def test_state_dict_refuses_a_model_that_computes_another_join(option):
+    # same shapes, other function: must not load silently
+    source = PlasticResNet("resnet18", base_width=8, **option)
+    with pytest.raises(ValueError, match=next(iter(option))):
+        PlasticResNet("resnet18", base_width=8).load_state_dict(source.state_dict())
+    PlasticResNet("resnet18", base_width=8, **option).load_state_dict(source.state_dict())

@@ -162,6 +162,7 @@ class PlasticResNet(nn.Module):
         stage_strides = _check_positive_ints("stage_strides", stage_strides, num_stages)
 
         self.arch, self.backend, self.join_activation = arch, backend, join_activation
+        self.gate_position = gate_position
         # Node layout: channels of n_0..n_D and the stride of each trunk position T_1..T_D.
         self.node_channels = [stem_width or base_width]
         self.trunk_strides = []
@@ -204,6 +205,21 @@ class PlasticResNet(nn.Module):
         self._plans: list[_JoinPlan] = []
         self.register_load_state_dict_post_hook(_sync_after_load)
         self.set_active(self._initial_topology(init, initial_paths, seed))
+
+    def get_extra_state(self) -> torch.Tensor:
+        # What the model computes depends on these, but no tensor shape records them: without
+        # them a state would load silently into a model that computes something else. A tensor,
+        # so that code treating every state_dict value as one keeps working.
+        return torch.tensor([GATE_POSITIONS.index(self.gate_position), ACTIVATIONS.index(self.join_activation)],
+                            dtype=torch.uint8)
+
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        gate_position, join_activation = (int(v) for v in state)
+        if (GATE_POSITIONS[gate_position], ACTIVATIONS[join_activation]) != (self.gate_position, self.join_activation):
+            raise ValueError(f"state_dict: saved from a PlasticResNet with gate_position={GATE_POSITIONS[gate_position]!r}, "
+                             f"join_activation={ACTIVATIONS[join_activation]!r}, but this model has "
+                             f"gate_position={self.gate_position!r}, join_activation={self.join_activation!r}; "
+                             "build it with the same options")
 
     # ---- construction helpers ----
 
