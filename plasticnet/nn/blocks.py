@@ -16,6 +16,10 @@ class _FusedJoin(nn.Module):
 
     backend: str | None
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)  # the torchvision block that follows in the MRO
+        self._init_join()
+
     def _init_join(self, device: torch.device | None = None) -> None:
         # float32 as the op contract asks; a model.half() may cast them, which the op accepts.
         self.register_buffer("join_gates", torch.ones(1, device=device), persistent=False)
@@ -34,10 +38,6 @@ class FusedBasicBlock(_FusedJoin, BasicBlock):
     Set `block.backend` to pick the residual_aggregate backend (None: fastest available).
     """
 
-    def __init__(self, *args, **kwargs) -> None:
-        BasicBlock.__init__(self, *args, **kwargs)
-        self._init_join()
-
     def _body(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         return self.bn2(self.conv2(out))
@@ -48,10 +48,6 @@ class FusedBottleneck(_FusedJoin, Bottleneck):
 
     Set `block.backend` to pick the residual_aggregate backend (None: fastest available).
     """
-
-    def __init__(self, *args, **kwargs) -> None:
-        Bottleneck.__init__(self, *args, **kwargs)
-        self._init_join()
 
     def _body(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
