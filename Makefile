@@ -6,8 +6,8 @@
 VENV       ?= .venv
 PYTHON     ?=
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
-TOOLS      := ninja setuptools wheel numpy tqdm matplotlib pytest pytest-benchmark
-SOURCES    := setup.py $(shell find csrc -type f)
+TOOLS      := ninja setuptools wheel numpy pillow tqdm matplotlib scipy pytest pytest-benchmark ruff
+SOURCES    := setup.py pyproject.toml $(shell find csrc -type f)
 
 TRAIN_ARGS ?= --dataset synthetic --epochs 3 --rewire-interval 10 --out runs/make-train
 TEST_ARGS  ?=
@@ -20,7 +20,7 @@ PY    := $(PYTHON)
 BUILT := inplace
 endif
 
-.PHONY: train test build bench inplace clean
+.PHONY: train test lint build bench inplace clean
 
 $(VENV)/.installed:
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
@@ -43,6 +43,11 @@ train: build
 
 test: build
 	$(PY) -m pytest $(TEST_ARGS)
+
+# ruff: lint and format check (pyproject.toml holds the settings, 120 columns).
+lint: $(if $(strip $(PYTHON)),,$(VENV)/.installed)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 bench: build
 	$(PY) -m plasticnet bench --quick

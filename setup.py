@@ -1,20 +1,29 @@
-"""Builds plasticnet._C: the C++ CPU kernels always; the CUDA kernels whenever torch is a
-CUDA build and a CUDA toolkit is found (no GPU needed), unless PLASTICNET_CPU_ONLY=1.
+"""Builds plasticnet._C: the C++ CPU kernels always; the CUDA kernels whenever torch is a CUDA
+build and a CUDA toolkit is found (no GPU needed), unless PLASTICNET_CPU_ONLY=1.
 
-Build without isolation so the extension compiles against the torch that will import it:
+Metadata lives in pyproject.toml; this file only describes the extension. Build without
+isolation so the extension compiles against the torch that will import it:
     pip install --no-build-isolation -e .
+Importing this file changes nothing: the toolkit folder is handed to cpp_extension, and the
+build info written, only when it runs as the build script; no environment variable is set.
 """
+
 import glob
 import json
 import os
 import shutil
 
-from setuptools import find_packages, setup
+import torch
+import torch.utils.cpp_extension as cpp_extension
+from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+# sm_80 (A100) and sm_90 (H100/H200), plus PTX for newer GPUs. Named explicitly: with no GPU
+# present cpp_extension would otherwise build for every architecture this toolkit knows.
+DEFAULT_ARCHES = "8.0;9.0+PTX"
 
 
-def _find_cuda_home():
+def find_cuda_home() -> str | None:
     """The toolkit folder. `nvcc` on PATH may be a wrapper script outside the toolkit, which
     makes cpp_extension guess CUDA_HOME wrong; look for the folder that holds the headers."""
     if os.environ.get("CUDA_HOME"):
@@ -31,57 +40,71 @@ def _find_cuda_home():
                     candidates.append(os.path.dirname(os.path.dirname(token)))
     candidates += sorted(glob.glob("/usr/local/cuda*"), reverse=True)
     for c in candidates:
-        if os.path.isfile(os.path.join(c, "include", "cuda_runtime.h")) and os.path.isfile(os.path.join(c, "bin", "nvcc")):
+        if os.path.isfile(os.path.join(c, "include", "cuda_runtime.h")) and os.path.isfile(
+            os.path.join(c, "bin", "nvcc")
+        ):
             return c
     return None
 
 
-cuda_home = None if os.environ.get("PLASTICNET_CPU_ONLY") == "1" else _find_cuda_home()
-if cuda_home:
-    os.environ["CUDA_HOME"] = cuda_home
-# Name the architectures: with no GPU present cpp_extension would otherwise build for every
-# architecture this toolkit knows. sm_80 (A100) and sm_90 (H100/H200), plus PTX for newer.
-os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+def gencode_flags(arch_list: str) -> list[str]:
+    """nvcc -gencode flags for "8.0;9.0+PTX"; passing them keeps cpp_extension from reading
+    TORCH_CUDA_ARCH_LIST from the environment."""
+    flags = []
+    for arch in arch_list.replace(" ", ";").split(";"):
+        if not arch:
+            continue
+        number = arch.removesuffix("+PTX").replace(".", "")
+        flags.append(f"-gencode=arch=compute_{number},code=sm_{number}")
+        if arch.endswith("+PTX"):
+            flags.append(f"-gencode=arch=compute_{number},code=compute_{number}")
+    return flags
 
-import torch  # noqa: E402  (CUDA_HOME must be set before cpp_extension reads it)
-from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
-with_cuda = bool(cuda_home) and torch.version.cuda is not None
-sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-cxx_flags = ["-O3", "-fopenmp", os.environ.get("PLASTICNET_CPU_ARCH", "-march=native")]
-include_dirs = [os.path.join(ROOT, "csrc")]
-extension_kwargs = dict(extra_link_args=["-fopenmp"], include_dirs=include_dirs)
-if with_cuda:
-    sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
-    # The toolkit here lacks the cuBLAS/cuSPARSE headers some ATen CUDA headers pull in;
-    # the pip nvidia cu13 wheel that comes with torch ships them.
+CUDA_HOME = None if os.environ.get("PLASTICNET_CPU_ONLY") == "1" else find_cuda_home()
+WITH_CUDA = bool(CUDA_HOME) and torch.version.cuda is not None
+ARCH_LIST = os.environ.get("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHES)
+
+
+class BuildExtension(cpp_extension.BuildExtension):
+    """cpp_extension's build, with the toolkit found above and the build's versions recorded:
+    import refuses an extension built against another torch with a clear message, instead of
+    failing on undefined symbols."""
+
+    def run(self):
+        super().run()
+        info = {
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda if WITH_CUDA else None,
+            "with_cuda": WITH_CUDA,
+            "cuda_arch_list": ARCH_LIST if WITH_CUDA else None,
+        }
+        for directory in {os.path.join(ROOT, "plasticnet"), os.path.join(self.build_lib, "plasticnet")}:
+            if os.path.isdir(directory):
+                with open(os.path.join(directory, "_build_info.json"), "w") as f:
+                    json.dump(info, f)
+
+
+def extension():
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    cxx_flags = ["-O3", "-fopenmp", os.environ.get("PLASTICNET_CPU_ARCH", "-march=native")]
+    include_dirs = [os.path.join(ROOT, "csrc")]
+    kwargs = dict(extra_link_args=["-fopenmp"], include_dirs=include_dirs)
+    if not WITH_CUDA:
+        return cpp_extension.CppExtension("plasticnet._C", sources, extra_compile_args={"cxx": cxx_flags}, **kwargs)
+    cpp_extension.CUDA_HOME = CUDA_HOME  # instead of its own guess, which the nvcc wrapper misleads
+    sources += sorted(glob.glob("csrc/cuda/*.cu"))
+    # The toolkit here lacks the cuBLAS/cuSPARSE headers some ATen CUDA headers pull in; the
+    # pip nvidia cu13 wheel that comes with torch ships them.
     nvidia_include = os.path.join(os.path.dirname(os.path.dirname(torch.__file__)), "nvidia", "cu13", "include")
     if os.path.isdir(nvidia_include):
         include_dirs.append(nvidia_include)
-    extension = CUDAExtension(
-        "plasticnet._C", sources,
-        extra_compile_args={"cxx": cxx_flags + ["-DPLASTICNET_WITH_CUDA"],
-                            "nvcc": ["-O3", "-lineinfo"]},
-        **extension_kwargs)
-else:
-    extension = CppExtension("plasticnet._C", sources, extra_compile_args={"cxx": cxx_flags}, **extension_kwargs)
+    nvcc_flags = ["-O3", "-lineinfo", *gencode_flags(ARCH_LIST)]
+    cxx = cxx_flags + ["-DPLASTICNET_WITH_CUDA"]
+    return cpp_extension.CUDAExtension(
+        "plasticnet._C", sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc_flags}, **kwargs
+    )
 
-# Recorded so that import can refuse an extension built against another torch with a clear
-# message, instead of failing on undefined symbols.
-with open(os.path.join(ROOT, "plasticnet", "_build_info.json"), "w") as f:
-    json.dump({"torch": torch.__version__, "cuda": torch.version.cuda if with_cuda else None,
-               "with_cuda": with_cuda, "cuda_arch_list": os.environ["TORCH_CUDA_ARCH_LIST"] if with_cuda else None}, f)
 
-setup(
-    name="plasticnet",
-    version="0.1.0",
-    description="Plastic residual networks: ResNets whose residual paths are pruned and regrown during training, with fused kernels",
-    packages=find_packages(include=["plasticnet", "plasticnet.*"]),
-    package_data={"plasticnet": ["_build_info.json"]},
-    ext_modules=[extension],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    python_requires=">=3.10",
-    install_requires=["torch", "torchvision", "numpy", "tqdm", "matplotlib"],
-    extras_require={"test": ["pytest", "pytest-benchmark"]},
-    entry_points={"console_scripts": ["plasticnet = plasticnet.cli:main"]},
-)
+if __name__ == "__main__":
+    setup(ext_modules=[extension()], cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)})

@@ -3,6 +3,7 @@
 Run with `python -m pytest benchmarks/ --benchmark-only`; the normal test run never collects
 this directory (pytest.ini: testpaths = tests).
 """
+
 import itertools
 
 import pytest
@@ -15,8 +16,12 @@ from plasticnet.bench.ops import DEFAULT_DTYPES, DTYPES, RESNET18_CIFAR_ACTIVATI
 
 def pytest_addoption(parser):
     group = parser.getgroup("plasticnet benchmarks")
-    group.addoption("--bench-device", choices=("cpu", "cuda"), default=None,
-                    help="device to benchmark (default: cuda when available, else cpu)")
+    group.addoption(
+        "--bench-device",
+        choices=("cpu", "cuda"),
+        default=None,
+        help="device to benchmark (default: cuda when available, else cpu)",
+    )
     group.addoption("--bench-quick", action="store_true", help="the small `plasticnet bench --quick` sizes")
 
 
@@ -33,9 +38,13 @@ def pytest_generate_tests(metafunc):
     """`op_case` x `backend`: the `plasticnet bench` cases of the device and preset."""
     if "op_case" in metafunc.fixturenames:
         device, preset = bench_device(metafunc.config), bench_preset(metafunc.config)
-        cases = op_cases(device, batch=preset["batch"], ks=preset["ks"],
-                         dtypes=[DTYPES[name] for name in DEFAULT_DTYPES],
-                         activations=RESNET18_CIFAR_ACTIVATIONS[:preset["stages"]])
+        cases = op_cases(
+            device,
+            batch=preset["batch"],
+            ks=preset["ks"],
+            dtypes=[DTYPES[name] for name in DEFAULT_DTYPES],
+            activations=RESNET18_CIFAR_ACTIVATIONS[: preset["stages"]],
+        )
         ids = [f"K{c.K}-{'x'.join(map(str, c.shape))}-{c.dtype_name}" for c in cases]
         metafunc.parametrize("op_case", cases, ids=ids)
         metafunc.parametrize("backend", default_backends(device))
@@ -62,6 +71,7 @@ def run_benchmark(benchmark, device, preset):
 
     pytest-benchmark reads the host clock, so on CUDA both setup and step synchronise.
     """
+
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -81,8 +91,7 @@ def run_benchmark(benchmark, device, preset):
             sync()
 
         benchmark.extra_info.update({k: v for k, v in describe(device).items() if k != "date"})
-        benchmark.pedantic(timed, setup=next_round, rounds=repeats or preset["repeats"],
-                           warmup_rounds=preset["warmup"])
+        benchmark.pedantic(timed, setup=next_round, rounds=repeats or preset["repeats"], warmup_rounds=preset["warmup"])
         return benchmark.stats.stats.median
 
     return run

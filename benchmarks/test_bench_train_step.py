@@ -1,5 +1,6 @@
 """One SGD training step of the plastic ResNet-18 against the static one at equal budget,
 eager and compiled (the cases of `plasticnet bench`)."""
+
 import pytest
 
 from plasticnet.bench.train_step import MODELS, MODES, TrainStepCase, TrainStepWorkload
@@ -12,5 +13,6 @@ def test_train_step(run_benchmark, benchmark, device, preset, model, mode):
     workload = TrainStepWorkload(case)
     benchmark.group = f"train step {mode} resnet18 width {case.base_width} batch {case.batch}"
     median_s = run_benchmark(workload.step, repeats=preset["train_repeats"])
-    benchmark.extra_info.update(model=model, mode=mode, base_width=case.base_width, batch=case.batch,
-                                images_per_s=case.batch / median_s)
+    benchmark.extra_info.update(
+        model=model, mode=mode, base_width=case.base_width, batch=case.batch, images_per_s=case.batch / median_s
+    )

@@ -21,8 +21,12 @@ TORCH_LIBRARY(plasticnet, m) {
   // Returns (grad_x, grad_branches, contributions) where, with dz = grad_out * act'(out):
   //   grad_x = dz, grad_branches[k] = mask[k]*gates[k]*dz, contributions[k] = sum(dz * branches[k]).
   // `out` is the forward's result (relu' is read off it). contributions: fp32 (fp64 for fp64 inputs).
-  m.def("residual_aggregate_backward(Tensor grad_out, Tensor out, Tensor[] branches, Tensor gates, Tensor mask, str activation) -> (Tensor, Tensor[], Tensor)");
+  m.def(
+      "residual_aggregate_backward(Tensor grad_out, Tensor out, Tensor[] branches, Tensor gates, Tensor mask, "
+      "str activation) -> (Tensor, Tensor[], Tensor)");
   // The same contract, implemented by the Triton kernels (CUDA; CPU under TRITON_INTERPRET=1).
   m.def("residual_aggregate_triton(Tensor x, Tensor[] branches, Tensor gates, Tensor mask, str activation) -> Tensor");
-  m.def("residual_aggregate_triton_backward(Tensor grad_out, Tensor out, Tensor[] branches, Tensor gates, Tensor mask, str activation) -> (Tensor, Tensor[], Tensor)");
+  m.def(
+      "residual_aggregate_triton_backward(Tensor grad_out, Tensor out, Tensor[] branches, Tensor gates, "
+      "Tensor mask, str activation) -> (Tensor, Tensor[], Tensor)");
 }

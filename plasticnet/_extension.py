@@ -5,6 +5,7 @@ build records its versions in _build_info.json so this can say what to do instea
 The package stays importable without the extension: only the reference backend is then
 available, and `unavailable_reason` says why.
 """
+
 import json
 import os
 
@@ -27,8 +28,10 @@ def _load() -> None:
     with open(path) as f:
         build_info = json.load(f)
     if build_info.get("torch") != torch.__version__:
-        unavailable_reason = (f"plasticnet._C was built against torch {build_info.get('torch')} but torch "
-                              f"{torch.__version__} is imported; rebuild it with `make build`")
+        unavailable_reason = (
+            f"plasticnet._C was built against torch {build_info.get('torch')} but torch "
+            f"{torch.__version__} is imported; rebuild it with `make build`"
+        )
         return
     try:
         from plasticnet import _C  # noqa: F401  (loading runs the op registrations)

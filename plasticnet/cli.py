@@ -1,4 +1,5 @@
 """`plasticnet` command line: info, train, bench."""
+
 import argparse
 import importlib
 import platform
@@ -24,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         import triton
+
         triton_version = triton.__version__
     except ImportError:
         triton_version = "not installed"
@@ -34,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     if _extension.loaded:
         info = _extension.build_info
         print(f"extension    loaded, built against torch {info['torch']}")
-        print(f"CUDA kernels {'compiled in (CUDA ' + str(info['cuda']) + ', arch ' + str(info['cuda_arch_list']) + ')' if _extension.with_cuda() else 'not compiled in'}")
+        cuda = f"compiled in (CUDA {info['cuda']}, arch {info['cuda_arch_list']})"
+        print(f"CUDA kernels {cuda if _extension.with_cuda() else 'not compiled in'}")
     else:
         print(f"extension    not loaded: {_extension.unavailable_reason}")
     print(f"GPU          {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none visible'}")
@@ -48,8 +51,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="plasticnet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_text) in _COMMANDS.items():
-        command = sub.add_parser(name, help=help_text, description=help_text,
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        command = sub.add_parser(
+            name, help=help_text, description=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        )
         command.set_defaults(_module=module)
         importlib.import_module(module).add_arguments(command)
     args = parser.parse_args(argv)

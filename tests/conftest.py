@@ -1,5 +1,6 @@
 """Test-wide set-up. Triton kernels run on CPU tensors only under TRITON_INTERPRET=1, which
 must be set before any kernel is decorated, i.e. before plasticnet is imported."""
+
 import os
 import zlib
 

@@ -1,4 +1,5 @@
 """Helpers shared by several test files (tests/ is on sys.path under pytest's default import mode)."""
+
 import torch
 from torch import nn
 

@@ -1,6 +1,7 @@
 """Bad input to residual_aggregate raises ValueError or TypeError naming the argument, what it got and
 what was expected: through the public function and through the compiled ops called directly
 (no segfault, no silent broadcast). A "meta" tensor stands in for another device on CPU-only machines."""
+
 import pytest
 import torch
 
@@ -9,8 +10,13 @@ from plasticnet.ops import residual_aggregate
 
 def _valid() -> dict:
     x = torch.randn(2, 3, 4)
-    return {"x": x, "branches": [torch.randn_like(x), torch.randn_like(x)], "gates": torch.randn(2),
-            "mask": torch.tensor([1.0, 0.0]), "activation": "relu"}
+    return {
+        "x": x,
+        "branches": [torch.randn_like(x), torch.randn_like(x)],
+        "gates": torch.randn(2),
+        "mask": torch.tensor([1.0, 0.0]),
+        "activation": "relu",
+    }
 
 
 def _replace_branch(args, branch):
@@ -26,11 +32,17 @@ TENSOR_CASES = [
     ("branch-device", lambda a: _replace_branch(a, a["branches"][1].to("meta")), ValueError, "branches[1]"),
     ("branch-integer", lambda a: _replace_branch(a, a["branches"][1].long()), TypeError, "branches[1]"),
     ("x-integer", lambda a: {"x": a["x"].long(), "branches": [h.long() for h in a["branches"]]}, TypeError, "x"),
-    ("x-float8", lambda a: {"x": a["x"].to(torch.float8_e4m3fn),
-                            "branches": [h.to(torch.float8_e4m3fn) for h in a["branches"]]}, TypeError, "x"),
+    (
+        "x-float8",
+        lambda a: {"x": a["x"].to(torch.float8_e4m3fn), "branches": [h.to(torch.float8_e4m3fn) for h in a["branches"]]},
+        TypeError,
+        "x",
+    ),
     ("activation-unknown", lambda a: {"activation": "gelu"}, ValueError, "activation"),
 ] + [
-    case for name in ("gates", "mask") for case in (
+    case
+    for name in ("gates", "mask")
+    for case in (
         (f"{name}-too-long", lambda a, name=name: {name: torch.ones(3)}, ValueError, name),
         (f"{name}-2d", lambda a, name=name: {name: torch.ones(2, 1)}, ValueError, name),
         (f"{name}-0d", lambda a, name=name: {name: torch.tensor(1.0)}, ValueError, name),
@@ -84,8 +96,9 @@ def test_forward_op(change, error, argument):
 
 
 # The backward op holds out (the forward's result) to the same contract as x, and grad_out to out's.
-BACKWARD_CASES = [(name, change, error, "out" if argument == "x" else argument)
-                  for name, change, error, argument in TENSOR_CASES] + [
+BACKWARD_CASES = [
+    (name, change, error, "out" if argument == "x" else argument) for name, change, error, argument in TENSOR_CASES
+] + [
     ("grad_out-shape", lambda a: {"grad_out": torch.randn(3, 4)}, ValueError, "grad_out"),
     ("grad_out-dtype", lambda a: {"grad_out": a["x"].double()}, TypeError, "grad_out"),
 ]
@@ -96,6 +109,7 @@ def test_backward_op(change, error, argument):
     args = _valid()
     a = {**args, "grad_out": torch.randn_like(args["x"]), **change(args)}
     with pytest.raises(error) as excinfo:
-        torch.ops.plasticnet.residual_aggregate_backward(a["grad_out"], a["x"], a["branches"], a["gates"], a["mask"],
-                                                         a["activation"])
+        torch.ops.plasticnet.residual_aggregate_backward(
+            a["grad_out"], a["x"], a["branches"], a["gates"], a["mask"], a["activation"]
+        )
     _assert_names(excinfo, argument)

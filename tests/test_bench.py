@@ -1,4 +1,5 @@
 """`plasticnet bench` end to end on tiny sizes, and the pieces its numbers rest on."""
+
 import json
 
 import pytest
@@ -9,17 +10,57 @@ from plasticnet.bench.report import op_target, train_step_target
 from plasticnet.bench.timing import Timing, measure
 from plasticnet.cli import main
 
-RESULT_KEYS = {"backend", "K", "numel", "shape", "dtype", "fwd_ms", "fwd_p20_ms", "fwd_p80_ms", "bwd_ms", "fwd_bwd_ms",
-               "fwd_bwd_p20_ms", "fwd_bwd_p80_ms", "gbps", "fwd_gbps", "copy_gbps", "pct_copy", "speedup_vs_eager",
-               "speedup_vs_compile", "target"}
+RESULT_KEYS = {
+    "backend",
+    "K",
+    "numel",
+    "shape",
+    "dtype",
+    "fwd_ms",
+    "fwd_p20_ms",
+    "fwd_p80_ms",
+    "bwd_ms",
+    "fwd_bwd_ms",
+    "fwd_bwd_p20_ms",
+    "fwd_bwd_p80_ms",
+    "gbps",
+    "fwd_gbps",
+    "copy_gbps",
+    "pct_copy",
+    "speedup_vs_eager",
+    "speedup_vs_compile",
+    "target",
+}
 TRAIN_KEYS = {"model", "mode", "base_width", "batch", "backend", "step_ms", "images_per_s", "vs_static", "target"}
 
 
 def test_quick_bench_writes_the_documented_json(tmp_path, capsys):
     path = tmp_path / "bench.json"
-    status = main(["bench", "--device", "cpu", "--quick", "--batch", "2", "--ks", "2", "--dtypes", "float32",
-                   "--warmup", "1", "--repeats", "2", "--train-batch", "2", "--train-width", "4", "--no-progress",
-                   "--json", str(path)])
+    status = main(
+        [
+            "bench",
+            "--device",
+            "cpu",
+            "--quick",
+            "--batch",
+            "2",
+            "--ks",
+            "2",
+            "--dtypes",
+            "float32",
+            "--warmup",
+            "1",
+            "--repeats",
+            "2",
+            "--train-batch",
+            "2",
+            "--train-width",
+            "4",
+            "--no-progress",
+            "--json",
+            str(path),
+        ]
+    )
     assert status == 0
     report = json.loads(path.read_text())
     assert {"device", "date", "versions", "threads", "copy_gbps", "results", "train_step"} <= report.keys()
@@ -44,11 +85,14 @@ def test_quick_bench_writes_the_documented_json(tmp_path, capsys):
     assert "| backend | K | shape |" in shown and shown.count("| eager | 2 | 2x64x32x32 | float32 |") == 1
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--batch", "0"], "--batch: expected >= 1, got 0"),
-    (["--ks", "0"], "--ks: expected branch counts >= 1"),
-    (["--backends", "cuda"], "'cuda' is unavailable on cpu"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--batch", "0"], "--batch: expected >= 1, got 0"),
+        (["--ks", "0"], "--ks: expected branch counts >= 1"),
+        (["--backends", "cuda"], "'cuda' is unavailable on cpu"),
+    ],
+)
 def test_bad_options_exit_with_a_message(argv, message, capsys):
     assert main(["bench", "--device", "cpu", *argv]) == 2
     assert message in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """The build: extension loaded, CUDA kernels compiled where a toolkit exists, versions checked,
 and `plasticnet info` reporting it."""
+
 import os
 import shutil
 import subprocess
@@ -36,7 +37,9 @@ def test_extension_built_for_another_torch_is_refused_with_a_clear_reason(monkey
 
 
 def test_info_command_reports_versions_and_backends():
-    out = subprocess.run([sys.executable, "-m", "plasticnet", "info"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "plasticnet", "info"], capture_output=True, text=True, check=True
+    ).stdout
     assert torch.__version__ in out
     assert "backends on cpu" in out and "cpu" in out.split("backends on cpu")[1]
     assert ("CUDA kernels compiled in" in out) == _extension.with_cuda()

@@ -1,19 +1,28 @@
 """Checkpoints: atomic writes, weights_only loads, clear errors (plasticnet.training.checkpoint)."""
+
 import os
 
 import pytest
 import torch
 
-from plasticnet.training.checkpoint import (CheckpointError, atomic_write, load_checkpoint, restore_rng_states,
-                                            rng_states, save_checkpoint)
+from plasticnet.training.checkpoint import (
+    CheckpointError,
+    atomic_write,
+    load_checkpoint,
+    restore_rng_states,
+    rng_states,
+    save_checkpoint,
+)
 
 
 def test_round_trip_loads_with_weights_only(tmp_path):
     path = str(tmp_path / "last.pt")
     model = torch.nn.Linear(3, 2)
     generator = torch.Generator().manual_seed(7)
-    save_checkpoint(path, {"model": model.state_dict(), "epoch": 3, "paths": [(0, 1), (1, 2)],
-                           "rng": rng_states({"shuffle": generator})})
+    save_checkpoint(
+        path,
+        {"model": model.state_dict(), "epoch": 3, "paths": [(0, 1), (1, 2)], "rng": rng_states({"shuffle": generator})},
+    )
     state = load_checkpoint(path)
     assert state["epoch"] == 3 and state["paths"] == [(0, 1), (1, 2)]
     torch.testing.assert_close(state["model"]["weight"], model.weight.detach())

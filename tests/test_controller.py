@@ -1,6 +1,7 @@
 """PlasticityController, its criteria and its schedule, on a tiny fake plastic network (the
 PlasticResNet API over Linear bodies, joined through the real residual_aggregate and
 PathScores) and on the real PlasticResNet at tiny width."""
+
 import contextlib
 import json
 import math
@@ -89,8 +90,10 @@ class TinyPlasticNet(nn.Module):
         self.path(i, j).gate.zero_()
 
     def path_statistics(self):
-        return {name: torch.stack([getattr(self.scores[str(j)], name)[self._slot((i, j))] for i, j in self._candidates])
-                for name in ("taylor", "grow", "last", "updates")}
+        return {
+            name: torch.stack([getattr(self.scores[str(j)], name)[self._slot((i, j))] for i, j in self._candidates])
+            for name in ("taylor", "grow", "last", "updates")
+        }
 
     def reset_path_statistics(self, paths):
         for p in paths:
@@ -102,9 +105,17 @@ class TinyPlasticNet(nn.Module):
             computed = [(i, j) for i in sources if (i, j) in self._active + self._probed]
             gates = [self.path(*p).gate if p in self._active else x.new_zeros(()) for p in computed]
             gates = torch.stack(gates) if gates else x.new_zeros(0)
-            nodes.append(residual_aggregate(nodes[-1], [self.path(*p).body(nodes[p[0]]) for p in computed], gates,
-                                            torch.ones_like(gates), activation="none", scores=self.scores[str(j)],
-                                            slots=torch.tensor([self._slot(p) for p in computed], dtype=torch.long)))
+            nodes.append(
+                residual_aggregate(
+                    nodes[-1],
+                    [self.path(*p).body(nodes[p[0]]) for p in computed],
+                    gates,
+                    torch.ones_like(gates),
+                    activation="none",
+                    scores=self.scores[str(j)],
+                    slots=torch.tensor([self._slot(p) for p in computed], dtype=torch.long),
+                )
+            )
         return self.head(nodes[-1])
 
 
@@ -136,7 +147,9 @@ def loss_on(model, batch):
 
 def clone(model):
     """A model of the same kind with the same weights, statistics and topology."""
-    twin = TinyPlasticNet() if isinstance(model, TinyPlasticNet) else PlasticResNet("resnet18", base_width=8, max_span=2)
+    twin = (
+        TinyPlasticNet() if isinstance(model, TinyPlasticNet) else PlasticResNet("resnet18", base_width=8, max_span=2)
+    )
     twin.to(next(model.parameters()).dtype).load_state_dict(model.state_dict())
     twin.set_active(model.active_paths())
     return twin
@@ -154,7 +167,7 @@ def train(model, optimizer, controller, batches):
     for batch in batches:
         loss_on(model, batch).backward()
         optimizer.step()
-        events.append(controller.step(probe=lambda: loss_on(model, batch).backward()))
+        events.append(controller.step(probe=lambda batch=batch: loss_on(model, batch).backward()))
         optimizer.zero_grad()
     return events
 
@@ -169,6 +182,7 @@ def paths_of(scored):
 
 
 # ---- schedule ----
+
 
 def test_cosine_fraction_follows_rigl_schedule():
     fraction, end_step = 0.3, 750.0
@@ -191,10 +205,17 @@ def test_schedule_rewire_steps_and_counts():
     assert schedule.drop_count(750, budget) == 0
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"fraction": 0.0}, "fraction"), ({"fraction": 1.5}, "fraction"), ({"interval": 0}, "interval"),
-    ({"interval": 2.5}, "interval"), ({"total_steps": -1}, "total_steps"), ({"end_fraction": 0}, "end_fraction"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"fraction": 0.0}, "fraction"),
+        ({"fraction": 1.5}, "fraction"),
+        ({"interval": 0}, "interval"),
+        ({"interval": 2.5}, "interval"),
+        ({"total_steps": -1}, "total_steps"),
+        ({"end_fraction": 0}, "end_fraction"),
+    ],
+)
 def test_schedule_rejects_bad_arguments(kwargs, message):
     arguments = {"fraction": 0.3, "interval": 100, "total_steps": 1000, "end_fraction": 0.75, **kwargs}
     with pytest.raises(ValueError, match=message):
@@ -203,16 +224,20 @@ def test_schedule_rejects_bad_arguments(kwargs, message):
 
 # ---- arguments ----
 
-@pytest.mark.parametrize("kwargs, error, message", [
-    ({"drop": "smallest"}, ValueError, "drop: expected one of"),
-    ({"grow": "gradient"}, ValueError, "grow: expected one of"),
-    ({"seed": 1.5}, TypeError, "seed"),
-    ({"threshold": 0.3}, ValueError, "only drop='threshold'"),
-    ({"drop": "threshold", "threshold": -1.0}, ValueError, "positive number"),
-    ({"drop_count": 0}, ValueError, "drop_count"),
-    ({"drop_count": "all"}, ValueError, "drop_count"),
-    ({"drop": "threshold", "drop_count": 1}, ValueError, "takes no drop_count"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"drop": "smallest"}, ValueError, "drop: expected one of"),
+        ({"grow": "gradient"}, ValueError, "grow: expected one of"),
+        ({"seed": 1.5}, TypeError, "seed"),
+        ({"threshold": 0.3}, ValueError, "only drop='threshold'"),
+        ({"drop": "threshold", "threshold": -1.0}, ValueError, "positive number"),
+        ({"drop_count": 0}, ValueError, "drop_count"),
+        ({"drop_count": "all"}, ValueError, "drop_count"),
+        ({"drop": "threshold", "drop_count": 1}, ValueError, "takes no drop_count"),
+    ],
+)
 def test_controller_rejects_bad_arguments(kwargs, error, message):
     with pytest.raises(error, match=message):
         controller_for(TinyPlasticNet(), **kwargs)
@@ -236,6 +261,7 @@ def test_controller_rejects_an_optimizer_without_the_inactive_paths(net):
 
 # ---- drop criteria ----
 
+
 def set_gate(model, path, value):
     with torch.no_grad():
         model.path(*path).gate.fill_(value)
@@ -253,8 +279,9 @@ def set_taylor(model, path, value):
     model.scores[str(j)].taylor[model._sources_into[j].index(i)] = value
 
 
-@pytest.mark.parametrize("drop, construct", [("gate", set_gate), ("gradient", set_gradient_sum),
-                                             ("taylor", set_taylor)])
+@pytest.mark.parametrize(
+    "drop, construct", [("gate", set_gate), ("gradient", set_gradient_sum), ("taylor", set_taylor)]
+)
 @pytest.mark.parametrize("drop_count", ["fraction", 1])
 def test_drop_criterion_drops_the_weakest_paths(drop, construct, drop_count):
     model = TinyPlasticNet()
@@ -310,6 +337,7 @@ def test_threshold_with_no_gate_below_it_changes_nothing():
 
 # ---- grow criteria ----
 
+
 def expected_contributions(model, batch, probed):
     """c of each probed path, computed independently: activate it with gate 0 in a twin model
     and read d loss / d gate (= c, the op's contract)."""
@@ -351,6 +379,7 @@ def test_probe_closure_without_backward_is_an_error():
 
 # ---- what a rewire does to the model and the optimizer ----
 
+
 def test_grown_paths_start_at_gate_zero_and_leave_the_function_unchanged(net):
     model, make_batch = net
     model.eval()  # batch norm on running statistics, so both forwards see the same function
@@ -365,10 +394,14 @@ def test_grown_paths_start_at_gate_zero_and_leave_the_function_unchanged(net):
         torch.testing.assert_close(model(inputs), before(inputs))
 
 
-@pytest.mark.parametrize("make_optimizer", [
-    lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9),
-    lambda params: torch.optim.Adam(params, lr=1e-3),
-], ids=["sgd-momentum", "adam"])
+@pytest.mark.parametrize(
+    "make_optimizer",
+    [
+        lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9),
+        lambda params: torch.optim.Adam(params, lr=1e-3),
+    ],
+    ids=["sgd-momentum", "adam"],
+)
 def test_optimizer_state_of_grown_and_dropped_paths_is_reset(net, make_optimizer):
     model, make_batch = net
     optimizer = make_optimizer(model.parameters())
@@ -452,6 +485,7 @@ def test_no_rewire_after_end_fraction_of_training():
 
 # ---- determinism and resumption ----
 
+
 def random_rewires(seed, global_seed):
     """The rewires of 8 steps and the resulting weights; checks the global RNG is left alone."""
     torch.manual_seed(0)  # the same initial model
@@ -497,8 +531,9 @@ def test_state_dict_round_trip_reproduces_the_following_rewires(net, grow, tmp_p
     resumed_model = clone(model)
     resumed_optimizer = torch.optim.Adam(resumed_model.parameters(), lr=1e-3)
     resumed_optimizer.load_state_dict(checkpoint["optimizer"])
-    resumed = controller_for(resumed_model, resumed_optimizer, drop="taylor", grow=grow, interval=2, drop_count=2,
-                             seed=99)  # the loaded state overrides the seed
+    resumed = controller_for(
+        resumed_model, resumed_optimizer, drop="taylor", grow=grow, interval=2, drop_count=2, seed=99
+    )  # the loaded state overrides the seed
     resumed.load_state_dict(checkpoint["controller"])
     assert resumed.history == controller.history
     original_events = train(model, optimizer, controller, batches[4:])
@@ -513,6 +548,7 @@ def test_load_state_dict_rejects_foreign_state():
 
 
 # ---- no host synchronisation on non-rewire steps ----
+
 
 class Tripwire:
     """Fails on any use: stands in for the model and optimizer on steps that must not touch them."""
@@ -548,6 +584,7 @@ def test_non_rewire_steps_do_not_synchronise_cuda():
 
 # ---- torch.distributed ----
 
+
 def set_rank_taylor(model, rank):
     """Per-rank Taylor scores whose average ranks differently from either rank alone."""
     active = model.active_paths()
@@ -566,15 +603,20 @@ def distributed_worker(rank, world_size, init_file, out_dir):
         controller = controller_for(model, drop="taylor", drop_count=1)
         torch.manual_seed(rank)  # ranks whose global generators differ must still grow identical weights
         event = controller.step()
-        result = {"dropped": paths_of(event.dropped), "grown": paths_of(event.grown),
-                  "scores": [score for _, score in event.dropped], "expected_drop": expected_drop,
-                  "grown_weights": [model.path(*p).body[0].weight.sum().item() for p in paths_of(event.grown)]}
+        result = {
+            "dropped": paths_of(event.dropped),
+            "grown": paths_of(event.grown),
+            "scores": [score for _, score in event.dropped],
+            "expected_drop": expected_drop,
+            "grown_weights": [model.path(*p).body[0].weight.sum().item() for p in paths_of(event.grown)],
+        }
         if rank == 1:  # a rank whose model silently activates something else than it was told
             faithful = model.set_active
 
             def unfaithful(paths):
                 paths = sorted(paths)
                 faithful(paths[1:] + [next(p for p in model.candidate_paths() if p not in paths)])
+
             model.set_active = unfaithful
         try:
             controller.step()

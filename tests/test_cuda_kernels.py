@@ -3,17 +3,24 @@
 than one launch's pointer table holds (8), more than 2**31 elements, bitwise determinism across
 allocations, a non-default stream, another device, and CUDA-graph capture of forward + backward.
 Everything here skips without a GPU or without plasticnet._C's CUDA kernels."""
+
 import math
 
 import pytest
 import torch
 
-from plasticnet.ops import (available_backends, residual_aggregate, residual_aggregate_backward_reference,
-                            residual_aggregate_reference)
+from plasticnet.ops import (
+    available_backends,
+    residual_aggregate,
+    residual_aggregate_backward_reference,
+    residual_aggregate_reference,
+)
 from plasticnet.ops.reference import accumulate_dtype
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or "cuda" not in available_backends("cuda"),
-                                reason="needs a GPU and plasticnet._C built with its CUDA kernels")
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available() or "cuda" not in available_backends("cuda"),
+    reason="needs a GPU and plasticnet._C built with its CUDA kernels",
+)
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 # 4551 elements: a multiple of no vector width (2, 4, 8 elements), so the scalar tail always runs.
@@ -56,7 +63,8 @@ def _assert_ops_match_reference(x, branches, gates, mask, grad_out, activation="
     torch.testing.assert_close(grad_x, want_x)
     torch.testing.assert_close(grad_branches, want_branches)
     *_, oracle_contributions = residual_aggregate_backward_reference(
-        grad_out.double(), out.double(), _float64(branches), gates.double(), mask.double(), activation)
+        grad_out.double(), out.double(), _float64(branches), gates.double(), mask.double(), activation
+    )
     # fp32 sums of ~4.5k terms of size ~1.
     fp32_sum = {} if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(contributions, oracle_contributions.to(contributions.dtype), **fp32_sum)
@@ -101,8 +109,10 @@ def test_more_than_2_31_elements():
     want_x, (want_h,), _ = residual_aggregate_backward_reference(grad_out[idx], out[idx], [h[idx]], gates, mask, "relu")
     torch.testing.assert_close(grad_x[idx], want_x)
     torch.testing.assert_close(grad_h[idx], want_h)
-    expected = sum((grad_out[s].double() * (out[s] > 0) * h[s].double()).sum()
-                   for s in (slice(i, i + 2**26) for i in range(0, n, 2**26)))
+    expected = sum(
+        (grad_out[s].double() * (out[s] > 0) * h[s].double()).sum()
+        for s in (slice(i, i + 2**26) for i in range(0, n, 2**26))
+    )
     torch.testing.assert_close(contributions.double(), expected.reshape(1), rtol=1e-4, atol=0)
 
 
@@ -137,7 +147,9 @@ def test_kernels_run_on_the_current_stream():
         grads = backward_op(grad_out, out, branches, gates, mask, "relu")
     torch.cuda.current_stream().wait_stream(side)
     torch.testing.assert_close(out, residual_aggregate_reference(x_values, branches, gates, mask, "relu"))
-    torch.testing.assert_close(grads, residual_aggregate_backward_reference(grad_values, out, branches, gates, mask, "relu"))
+    torch.testing.assert_close(
+        grads, residual_aggregate_backward_reference(grad_values, out, branches, gates, mask, "relu")
+    )
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")

@@ -1,4 +1,5 @@
 """On-device datasets and batched augmentation (plasticnet.training.data)."""
+
 import argparse
 import hashlib
 import os
@@ -12,12 +13,24 @@ import torch.nn.functional as F
 from torchvision.datasets import CIFAR10
 
 from plasticnet.training import cli
-from plasticnet.training.data import (NUM_CLASSES, DataUnavailableError, DeviceAugmenter, channel_statistics,
-                                      load_cifar10, shuffled_batches, synthetic_cifar)
+from plasticnet.training.data import (
+    NUM_CLASSES,
+    DataUnavailableError,
+    DeviceAugmenter,
+    channel_statistics,
+    load_cifar10,
+    shuffled_batches,
+    synthetic_cifar,
+)
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")),
+    ],
+)
 def test_synthetic_is_deterministic_cifar_shaped_on_the_device_and_covers_every_class(device):
     train, test = synthetic_cifar(300, 40, seed=3, device=device)
     again, _ = synthetic_cifar(300, 40, seed=3, device=device)
@@ -84,7 +97,9 @@ def test_crop_takes_a_window_of_the_reflect_padded_image(flip):
     out = augmenter(images, torch.Generator().manual_seed(2))
     height, width = images.shape[2:]
     for sample, source in zip(out, padded):
-        windows = [source[:, dy:dy + height, dx:dx + width] for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)]
+        windows = [
+            source[:, dy : dy + height, dx : dx + width] for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)
+        ]
         windows += [w.flip(-1) for w in windows] if flip else []
         assert any(torch.equal(sample, w) for w in windows)
 
@@ -113,6 +128,7 @@ def test_shuffled_batches_give_ranks_disjoint_equal_batches():
 
 
 # ---- CIFAR-10 in torchvision's format, on a fixture written here ----
+
 
 def _write_cifar_fixture(root, per_batch: int = 4, seed: int = 0) -> tuple[np.ndarray, list[int], dict]:
     """CIFAR-10's python pickles (5 train batches, a test batch, the meta file) with tiny random
@@ -162,6 +178,7 @@ def test_missing_cifar10_without_download_says_where_and_how(tmp_path):
 def test_failed_download_says_where_and_why(tmp_path, monkeypatch):
     def offline(self):
         raise urllib.error.URLError("no network")
+
     monkeypatch.setattr(CIFAR10, "download", offline)
     with pytest.raises(DataUnavailableError, match=f"{tmp_path}.*failed.*no network.*--dataset synthetic"):
         load_cifar10(str(tmp_path), download=True)
@@ -170,8 +187,19 @@ def test_failed_download_says_where_and_why(tmp_path, monkeypatch):
 def test_cli_without_data_exits_nonzero_with_one_line_and_no_traceback(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
-    args = parser.parse_args(["--dataset", "cifar10", "--data-dir", str(tmp_path / "none"), "--no-download",
-                              "--out", str(tmp_path / "run"), "--device", "cpu"])
+    args = parser.parse_args(
+        [
+            "--dataset",
+            "cifar10",
+            "--data-dir",
+            str(tmp_path / "none"),
+            "--no-download",
+            "--out",
+            str(tmp_path / "run"),
+            "--device",
+            "cpu",
+        ]
+    )
     assert cli.run(args) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "Traceback" not in error

@@ -1,4 +1,5 @@
 """Two CPU processes under torchrun (gloo): rank 0 alone writes the run dir, both ranks rewire alike."""
+
 import os
 import subprocess
 import sys
@@ -6,10 +7,10 @@ import sys
 import pytest
 import torch
 import torch.distributed as dist
+from test_training import TINY_ARGS
 
 from plasticnet.training.checkpoint import load_checkpoint
 from plasticnet.training.run_dir import read_jsonl
-from test_training import TINY_ARGS
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -53,9 +54,24 @@ def test_torchrun_two_cpu_processes_train_and_rewire_identically(tmp_path):
     records.mkdir()
     launcher = tmp_path / "launch.py"
     launcher.write_text(RECORDING_LAUNCHER)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", str(launcher),
-               "train", *TINY_ARGS, "--model", "plastic-resnet18", "--epochs", "2", "--train-size", "192",
-               "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--standalone",
+        str(launcher),
+        "train",
+        *TINY_ARGS,
+        "--model",
+        "plastic-resnet18",
+        "--epochs",
+        "2",
+        "--train-size",
+        "192",
+        "--out",
+        str(out),
+    ]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPOSITORY, "RANK_RECORDS": str(records)}
     result = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,18 +1,18 @@
 """Drop-in fused blocks and fuse(): torchvision ResNets keep their function, gradients,
 state_dict and layout once their residual joins run through residual_aggregate."""
+
 import copy
 import zlib
 
 import pytest
 import torch
 import torchvision
+from helpers import randomize_batchnorm
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from plasticnet.nn import FusedBasicBlock, FusedBottleneck, fuse
 from plasticnet.ops import available_backends
-
-from helpers import randomize_batchnorm
 
 INPUT_SHAPE = (2, 3, 32, 32)
 
@@ -36,12 +36,14 @@ def _assert_same_function(original: nn.Module, fused: nn.Module, x: torch.Tensor
     torch.testing.assert_close(x_fused.grad, x_ref.grad, **tolerance)
     grads_ref = dict(original.named_parameters())
     for name, p in fused.named_parameters():
-        torch.testing.assert_close(p.grad, grads_ref.pop(name).grad, **tolerance,
-                                   msg=lambda m, name=name: f"grad of {name}: {m}")
+        torch.testing.assert_close(
+            p.grad, grads_ref.pop(name).grad, **tolerance, msg=lambda m, name=name: f"grad of {name}: {m}"
+        )
     assert not grads_ref, f"parameters missing from the fused model: {list(grads_ref)}"
     for name, buffer in fused.state_dict().items():
-        torch.testing.assert_close(buffer, original.state_dict()[name], **tolerance,
-                                   msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(
+            buffer, original.state_dict()[name], **tolerance, msg=lambda m, name=name: f"{name}: {m}"
+        )
 
 
 def _fused_twin(original: nn.Module, **fuse_kwargs) -> nn.Module:
@@ -71,10 +73,14 @@ def test_fuse_keeps_torchvision_function_and_gradients(torchvision_pair, train):
     _assert_same_function(original, fused, torch.randn(INPUT_SHAPE))
 
 
-@pytest.mark.parametrize("block, fused_block, layers, kwargs", [
-    (BasicBlock, FusedBasicBlock, [2, 2, 2, 2], {}),
-    (Bottleneck, FusedBottleneck, [1, 2, 1, 1], {"groups": 2, "width_per_group": 32}),
-], ids=["basic", "bottleneck"])
+@pytest.mark.parametrize(
+    "block, fused_block, layers, kwargs",
+    [
+        (BasicBlock, FusedBasicBlock, [2, 2, 2, 2], {}),
+        (Bottleneck, FusedBottleneck, [1, 2, 1, 1], {"groups": 2, "width_per_group": 32}),
+    ],
+    ids=["basic", "bottleneck"],
+)
 def test_resnet_built_from_fused_blocks_loads_torchvision_weights(block, fused_block, layers, kwargs):
     original = randomize_batchnorm(ResNet(block, layers, num_classes=7, **kwargs)).eval()
     fused = ResNet(fused_block, layers, num_classes=7, **kwargs).eval()
@@ -137,8 +143,11 @@ def test_fused_channels_last_resnet_compiles_to_the_original_function():
 
 def _device_backends():
     devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
-    return [pytest.param(device, backend, id=f"{device}-{backend}")
-            for device in devices for backend in available_backends(device)]
+    return [
+        pytest.param(device, backend, id=f"{device}-{backend}")
+        for device in devices
+        for backend in available_backends(device)
+    ]
 
 
 @pytest.mark.parametrize("device, backend", _device_backends())
@@ -151,10 +160,14 @@ def test_fuse_with_each_available_backend(device, backend):
     _assert_same_function(original, fused, torch.randn(3, 3, 21, 19, device=device), **tolerance)
 
 
-@pytest.mark.parametrize("make_model", [
-    lambda: torchvision.models.vgg11(),
-    lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU()),
-], ids=["vgg11", "sequential"])
+@pytest.mark.parametrize(
+    "make_model",
+    [
+        lambda: torchvision.models.vgg11(),
+        lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU()),
+    ],
+    ids=["vgg11", "sequential"],
+)
 def test_fuse_rejects_a_model_that_is_not_a_resnet(make_model):
     with torch.device("meta"):
         model = make_model()

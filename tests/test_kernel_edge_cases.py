@@ -2,6 +2,7 @@
 compiled backend present: non-finite incoming gradients where the relu is off, and many more
 branches than one launch or pointer table takes, over a size that crosses the CPU kernel's
 reduction chunks."""
+
 import math
 
 import pytest
@@ -50,7 +51,8 @@ def test_non_finite_grad_out_where_relu_is_off_gives_zero_gradient(subject, dtyp
     assert 0 < off.sum() < y.numel()
     grad_out = torch.randn_like(y)
     grad_out[off] = torch.tensor([math.inf, -math.inf, math.nan], dtype=dtype, device=device).repeat(y.numel())[
-        : int(off.sum())]
+        : int(off.sum())
+    ]
     actual = _forward_and_grads(backend, leaves, grad_out)
     expected = _forward_and_grads("reference", leaves, grad_out)
     assert all(t.isfinite().all() for t in expected[1:])
@@ -78,5 +80,5 @@ def test_forty_branches_over_several_reduction_chunks(subject):
     _, *branches, _, _ = oracle_leaves
     dz = grad_out.double() * (expected[0] > 0)
     term_sums = torch.stack([(dz * h.detach()).abs().sum() for h in branches])
-    for a, e in zip(actual[K + 2:], expected[K + 2:]):
+    for a, e in zip(actual[K + 2 :], expected[K + 2 :]):
         assert ((a.double() - e).abs() <= 1e-5 * term_sums).all()

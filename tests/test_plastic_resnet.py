@@ -1,17 +1,17 @@
 """PlasticResNet: the ordinary ResNet at init="resnet", topology API, gradients only for active
 paths, state_dict round trips, probing, torch.compile, channels_last, the issue-10 network."""
+
 import copy
 import itertools
 
 import pytest
 import torch
 import torchvision
+from helpers import randomize_batchnorm
 from torch import nn
 
 import plasticnet
 from plasticnet.models import PlasticResNet
-
-from helpers import randomize_batchnorm
 
 TINY = dict(base_width=8)
 
@@ -35,7 +35,7 @@ def torchvision_to_plastic(state: dict, nodes_per_stage) -> dict:
         elif head == "fc":
             mapped[key] = value
         else:
-            j = first_node[int(head[len("layer"):]) - 1] + int(rest[0])
+            j = first_node[int(head[len("layer") :]) - 1] + int(rest[0])
             if rest[1] == "downsample":
                 mapped[f"trunk.{j - 1}." + ".".join(rest[2:])] = value
             else:
@@ -57,8 +57,11 @@ def test_active_parameter_count_matches_torchvision(arch, stem):
     expected = sum(p.numel() for p in tv.parameters())
     assert model.num_parameters(active_only=True, gates=False) == expected
     assert model.num_parameters(active_only=True) == expected + model.num_nodes  # one gate per active path
-    inactive = sum(p.numel() for i, j in set(model.candidate_paths()) - set(model.active_paths())
-                   for p in model.path(i, j).parameters())
+    inactive = sum(
+        p.numel()
+        for i, j in set(model.candidate_paths()) - set(model.active_paths())
+        for p in model.path(i, j).parameters()
+    )
     assert model.num_parameters() == expected + model.num_nodes + inactive > model.num_parameters(active_only=True)
 
 
@@ -109,15 +112,18 @@ def test_candidate_set_respects_span_and_resolution_changes():
     assert (2, 5) in PlasticResNet(max_span=3, max_resolution_changes=2, **TINY).candidate_paths()
 
 
-@pytest.mark.parametrize("paths, error, match", [
-    ([(0, 1), (0, 1)], ValueError, "listed twice"),
-    ([(0, 5)], ValueError, "not a candidate"),
-    ([(1, 1)], ValueError, "not a candidate"),
-    ([(0, "x")], TypeError, "pairs of ints"),
-    ([(0, 1, 2)], TypeError, "pairs of ints"),
-    ("0_1", TypeError, "iterable of"),
-    ([(0, 1), (1, 2)], ValueError, r"expected 8 paths \(the budget\), got 2"),
-])
+@pytest.mark.parametrize(
+    "paths, error, match",
+    [
+        ([(0, 1), (0, 1)], ValueError, "listed twice"),
+        ([(0, 5)], ValueError, "not a candidate"),
+        ([(1, 1)], ValueError, "not a candidate"),
+        ([(0, "x")], TypeError, "pairs of ints"),
+        ([(0, 1, 2)], TypeError, "pairs of ints"),
+        ("0_1", TypeError, "iterable of"),
+        ([(0, 1), (1, 2)], ValueError, r"expected 8 paths \(the budget\), got 2"),
+    ],
+)
 def test_set_active_rejects_bad_paths(paths, error, match):
     model = PlasticResNet(**TINY)
     before = model.active_paths()
@@ -134,19 +140,22 @@ def test_set_active_changes_the_budget_only_when_told():
         model.set_active([(0, 1)])
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(arch="resnet19"), "arch: expected one of"),
-    (dict(init="rigl"), "init: expected one of"),
-    (dict(stem="mnist"), "stem: expected one of"),
-    (dict(budget=7), "budget: init='resnet'"),
-    (dict(init="random", budget=1000), r"budget: expected an int in \[0, 19\]"),
-    (dict(max_span=0), "max_span: expected an int >= 1"),
-    (dict(gate_init="two"), "gate_init: expected one of"),
-    (dict(nodes_per_stage=(2, 2)), "stage_strides: expected 2 values"),
-    (dict(initial_paths=[(0, 1)]), "initial_paths: only init='random'"),
-    (dict(init="random", budget=1, initial_paths=[(0, 1), (1, 2)]), "at most budget=1"),
-    (dict(arch="resnet18", groups=2), "basic bodies support only"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(arch="resnet19"), "arch: expected one of"),
+        (dict(init="rigl"), "init: expected one of"),
+        (dict(stem="mnist"), "stem: expected one of"),
+        (dict(budget=7), "budget: init='resnet'"),
+        (dict(init="random", budget=1000), r"budget: expected an int in \[0, 19\]"),
+        (dict(max_span=0), "max_span: expected an int >= 1"),
+        (dict(gate_init="two"), "gate_init: expected one of"),
+        (dict(nodes_per_stage=(2, 2)), "stage_strides: expected 2 values"),
+        (dict(initial_paths=[(0, 1)]), "initial_paths: only init='random'"),
+        (dict(init="random", budget=1, initial_paths=[(0, 1), (1, 2)]), "at most budget=1"),
+        (dict(arch="resnet18", groups=2), "basic bodies support only"),
+    ],
+)
 def test_constructor_rejects_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
         PlasticResNet(**{**TINY, **kwargs})
@@ -191,8 +200,9 @@ def test_state_dict_round_trip_restores_topology_into_any_model():
         torch.testing.assert_close(target.path_statistics()[name], stat)
     source.eval(), target.eval()
     torch.testing.assert_close(target(x), source(x))
-    assert {n for n, p in target.named_parameters() if p.requires_grad} == \
-           {n for n, p in source.named_parameters() if p.requires_grad}
+    assert {n for n, p in target.named_parameters() if p.requires_grad} == {
+        n for n, p in source.named_parameters() if p.requires_grad
+    }
     # the sites follow the loaded topology: a backward updates exactly the active slots
     target.train()
     updates = target.path_statistics()["updates"]
@@ -325,30 +335,55 @@ def test_model_moves_with_its_topology():
 
 def test_original_plasticnet_configuration_builds():
     model = PlasticResNet(
-        "resnet50", 10, init="random", budget=15, seed=0, max_span=1, stem="imagenet", stem_pool_stride=1,
-        nodes_per_stage=(7, 10, 16, 7), stage_widths=(16, 32, 64, 128), stage_strides=(2, 2, 2, 2),
-        stem_width=8, projection="conv3x3", gate_init="uniform", gate_position="after_relu",
-        join_activation="none", initial_paths="stage_transitions")
+        "resnet50",
+        10,
+        init="random",
+        budget=15,
+        seed=0,
+        max_span=1,
+        stem="imagenet",
+        stem_pool_stride=1,
+        nodes_per_stage=(7, 10, 16, 7),
+        stage_widths=(16, 32, 64, 128),
+        stage_strides=(2, 2, 2, 2),
+        stem_width=8,
+        projection="conv3x3",
+        gate_init="uniform",
+        gate_position="after_relu",
+        join_activation="none",
+        initial_paths="stage_transitions",
+    )
     assert model.num_nodes == 40 and len(model.candidate_paths()) == 40
     transitions = [(0, 1), (7, 8), (17, 18), (33, 34)]
     active = model.active_paths()
     assert len(active) == 15 and set(transitions) <= set(active)
     assert all(0 <= g.item() < 1 for g in model.gates().values())
-    assert all(isinstance(model.trunk[j - 1][0], nn.Conv2d) and model.trunk[j - 1][0].kernel_size == (3, 3)
-               for _, j in transitions)
+    assert all(
+        isinstance(model.trunk[j - 1][0], nn.Conv2d) and model.trunk[j - 1][0].kernel_size == (3, 3)
+        for _, j in transitions
+    )
     assert isinstance(model.stem.maxpool, nn.MaxPool2d) and model.stem.maxpool.stride == 1
     x = torch.randn(2, 3, 32, 32)
     model(x).sum().backward()
     assert all(model.path(*p).gate.grad is not None for p in active)
 
 
-@pytest.mark.parametrize("gate_position, join_activation", list(itertools.product(["join", "after_relu"], ["relu", "none"])))
+@pytest.mark.parametrize(
+    "gate_position, join_activation", list(itertools.product(["join", "after_relu"], ["relu", "none"]))
+)
 def test_join_matches_its_definition(gate_position, join_activation):
     """n_j = act(T_j(n_{j-1}) + sum g f(n_i)), with f = relu(body) for gate_position="after_relu"."""
     torch.set_default_dtype(torch.float64)
     try:
-        model = PlasticResNet(init="random", budget=6, seed=2, gate_init="uniform", gate_position=gate_position,
-                              join_activation=join_activation, **TINY).eval()
+        model = PlasticResNet(
+            init="random",
+            budget=6,
+            seed=2,
+            gate_init="uniform",
+            gate_position=gate_position,
+            join_activation=join_activation,
+            **TINY,
+        ).eval()
     finally:
         torch.set_default_dtype(torch.float32)
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
@@ -366,7 +401,10 @@ def test_join_matches_its_definition(gate_position, join_activation):
 
 @pytest.mark.parametrize("backend", [b for b in plasticnet.available_backends("cpu") if b != "reference"])
 def test_every_backend_matches_the_reference_backend(backend):
-    model, twin = PlasticResNet(max_span=2, backend="reference", **TINY), PlasticResNet(max_span=2, backend=backend, **TINY)
+    model, twin = (
+        PlasticResNet(max_span=2, backend="reference", **TINY),
+        PlasticResNet(max_span=2, backend=backend, **TINY),
+    )
     twin.load_state_dict(model.state_dict())
     x = torch.randn(2, 3, 8, 8)
     with model.probing([(1, 3)]), twin.probing([(1, 3)]):
@@ -382,6 +420,7 @@ def test_every_backend_matches_the_reference_backend(backend):
 def test_compile_parts_keeps_every_part_compiled_in_train_and_eval():
     import torch._dynamo
     from torch._dynamo.utils import counters
+
     torch._dynamo.reset()
     counters.clear()
     model = PlasticResNet("resnet18", base_width=8, max_span=3)

@@ -1,16 +1,16 @@
 """plasticize: torchvision ResNets become PlasticResNets that reuse their modules and, at
 init="resnet", compute the same function (outputs and gradients, train and eval mode)."""
+
 import pytest
 import torch
 import torchvision
+from helpers import randomize_batchnorm
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from plasticnet.models import PlasticResNet
 from plasticnet.nn.blocks import FusedBasicBlock
 from plasticnet.nn.plasticize import plasticize
-
-from helpers import randomize_batchnorm
 
 # torchvision's own models (resnet152: the deepest, 50 nodes) and small members of each family
 # (wide_resnet50_2 is this class with width_per_group=128; fewer blocks keep the test fast).
@@ -55,8 +55,7 @@ def test_plasticized_model_computes_the_original(name):
 
 
 def test_plasticized_model_is_plastic():
-    plastic = plasticize(ResNet(BasicBlock, [2, 2, 1, 1], num_classes=5), max_span=3, init="random", budget=4,
-                         seed=0)
+    plastic = plasticize(ResNet(BasicBlock, [2, 2, 1, 1], num_classes=5), max_span=3, init="random", budget=4, seed=0)
     assert len(plastic.active_paths()) == plastic.budget == 4
     grown = next(p for p in plastic.candidate_paths() if p not in plastic.active_paths())
     x = torch.randn(2, 3, 16, 16)
@@ -72,8 +71,16 @@ def test_plasticized_model_is_plastic():
 def test_new_paths_follow_the_model_body():
     plastic = plasticize(ResNet(Bottleneck, [1, 2, 1, 1], groups=4, width_per_group=8), max_span=2)
     body = plastic.path(1, 3).body  # a new path across the stride-2 stage change
-    assert [name for name, _ in body.named_children()] == ["conv1", "bn1", "relu1", "conv2", "bn2", "relu2",
-                                                           "conv3", "bn3"]
+    assert [name for name, _ in body.named_children()] == [
+        "conv1",
+        "bn1",
+        "relu1",
+        "conv2",
+        "bn2",
+        "relu2",
+        "conv3",
+        "bn3",
+    ]
     assert body.conv2.groups == 4 and body.conv2.stride == (2, 2)
     assert body.conv1.in_channels == 256 and body.conv3.out_channels == 512
 

@@ -1,4 +1,5 @@
 """Issue 10's recipes: the original PlasticNet (2020) and the ResNet-50 it was compared with."""
+
 import math
 
 import pytest
@@ -9,20 +10,62 @@ from plasticnet.training.data import NUM_CLASSES
 from plasticnet.training.models import build_model
 from plasticnet.training.run_dir import read_jsonl
 
-REDUCED = ["--dataset", "synthetic", "--base-width", "4", "--train-size", "200", "--test-size", "50",
-           "--device", "cpu", "--no-progress"]
+REDUCED = [
+    "--dataset",
+    "synthetic",
+    "--base-width",
+    "4",
+    "--train-size",
+    "200",
+    "--test-size",
+    "50",
+    "--device",
+    "cpu",
+    "--no-progress",
+]
 STAGE_ENTRIES = [(0, 1), (7, 8), (17, 18), (33, 34)]  # 7, 10, 16 and 7 nodes per stage
 
 
 def test_plasticnet_2020_sets_the_original_training_settings():
     config = cli.parse_config(["--recipe", "plasticnet-2020"])
-    assert {k: config[k] for k in ("model", "optimizer", "lr", "batch_size", "epochs", "augment", "label_smoothing",
-                                   "schedule", "eval_every_steps", "rewire_interval", "drop", "grow", "budget",
-                                   "max_span", "stem", "base_width")} == {
-        "model": "plastic-resnet50", "optimizer": "adam", "lr": 1e-3, "batch_size": 50, "epochs": 10,
-        "augment": False, "label_smoothing": 0.0, "schedule": "constant", "eval_every_steps": 30,
-        "rewire_interval": 500, "drop": "gate", "grow": "random", "budget": 15, "max_span": 1, "stem": "imagenet",
-        "base_width": 64}
+    assert {
+        k: config[k]
+        for k in (
+            "model",
+            "optimizer",
+            "lr",
+            "batch_size",
+            "epochs",
+            "augment",
+            "label_smoothing",
+            "schedule",
+            "eval_every_steps",
+            "rewire_interval",
+            "drop",
+            "grow",
+            "budget",
+            "max_span",
+            "stem",
+            "base_width",
+        )
+    } == {
+        "model": "plastic-resnet50",
+        "optimizer": "adam",
+        "lr": 1e-3,
+        "batch_size": 50,
+        "epochs": 10,
+        "augment": False,
+        "label_smoothing": 0.0,
+        "schedule": "constant",
+        "eval_every_steps": 30,
+        "rewire_interval": 500,
+        "drop": "gate",
+        "grow": "random",
+        "budget": 15,
+        "max_span": 1,
+        "stem": "imagenet",
+        "base_width": 64,
+    }
     assert config["drop_count"] == 1
     assert config["rewire_end"] == pytest.approx(0.9)  # no rewiring in the last of 10 epochs
 
@@ -66,8 +109,21 @@ def test_resnet50_2020_is_the_static_resnet50_with_the_same_training():
 @pytest.mark.slow
 def test_plasticnet_2020_trains_and_drops_one_path_per_rewire_on_schedule(tmp_path):
     # 200 samples / batch 50 = 4 steps per epoch, 8 in all; rewiring stops at 0.9 * 8 = 7.2
-    config = cli.parse_config(["--recipe", "plasticnet-2020", *REDUCED, "--epochs", "2", "--rewire-interval", "2",
-                               "--eval-every-steps", "3", "--out", str(tmp_path / "run")])
+    config = cli.parse_config(
+        [
+            "--recipe",
+            "plasticnet-2020",
+            *REDUCED,
+            "--epochs",
+            "2",
+            "--rewire-interval",
+            "2",
+            "--eval-every-steps",
+            "3",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     metrics = Trainer(config).fit()
     events = read_jsonl(str(tmp_path / "run" / "events.jsonl"))
     assert [e["step"] for e in events] == [2, 4, 6]

@@ -5,6 +5,7 @@ mask values (zeros, negatives) and both activations, forward and backward; then 
 torch.library.opcheck, determinism and torch.compile. "reference" is the oracle, never a subject.
 Interpreted Triton (CPU, TRITON_INTERPRET=1) is very slow, so it gets a grid of small shapes.
 """
+
 from typing import NamedTuple
 
 import pytest
@@ -40,26 +41,40 @@ class Case(NamedTuple):
 
     def __str__(self) -> str:
         dtype = str(self.dtype).removeprefix("torch.")
-        return f"{self.backend}-{self.device}-{'x'.join(map(str, self.shape)) or 'scalar'}-{dtype}-{self.layout}-K{self.K}-{self.activation}"
+        shape = "x".join(map(str, self.shape)) or "scalar"
+        return f"{self.backend}-{self.device}-{shape}-{dtype}-{self.layout}-K{self.K}-{self.activation}"
 
 
 def _grid(backend: str, device: str) -> list[Case]:
     """The cases one backend is held to: the full grid, or small shapes for interpreted Triton."""
+
     def case(shape, dtype=torch.float32, layout="contiguous", K=3, activation="relu"):
         return Case(backend, device, shape, dtype, layout, K, activation)
 
     if _is_interpreted(backend, device):
-        return ([case((5, 7, 61), dtype, activation=act) for dtype in DTYPES for act in ACTIVATIONS]
-                + [case((3, 50), K=K) for K in (0, 1, 5)]
-                + [case((2, 3, 5, 7), layout=layout) for layout in ("channels_last", "transposed", "strided", "mixed")]
-                + [case(shape, K=2) for shape in ((), (1,))])
+        return (
+            [case((5, 7, 61), dtype, activation=act) for dtype in DTYPES for act in ACTIVATIONS]
+            + [case((3, 50), K=K) for K in (0, 1, 5)]
+            + [case((2, 3, 5, 7), layout=layout) for layout in ("channels_last", "transposed", "strided", "mixed")]
+            + [case(shape, K=2) for shape in ((), (1,))]
+        )
     odd = (5, 123, 123)
-    return ([case(odd, dtype, K=K, activation=act) for dtype in DTYPES for K in (0, 1, 2, 3, 5, 8) for act in ACTIVATIONS]
-            + [case((3, 7, 33, 65), dtype, layout, activation=act) for dtype in DTYPES
-               for layout in ("channels_last", "transposed", "strided", "mixed") for act in ACTIVATIONS]
-            + [case(shape, K=5) for shape in ((), (1,), (1, 1, 1, 1), (0, 4), (7,), (3, 5461))]  # 16383: one short of a CPU chunk
-            + [case((1100, 1001), dtype, K=5, activation=act)  # > 1M elements
-               for dtype, act in ((torch.float32, "relu"), (torch.bfloat16, "none"), (torch.float16, "relu"))])
+    return (
+        [case(odd, dtype, K=K, activation=act) for dtype in DTYPES for K in (0, 1, 2, 3, 5, 8) for act in ACTIVATIONS]
+        + [
+            case((3, 7, 33, 65), dtype, layout, activation=act)
+            for dtype in DTYPES
+            for layout in ("channels_last", "transposed", "strided", "mixed")
+            for act in ACTIVATIONS
+        ]
+        + [
+            case(shape, K=5) for shape in ((), (1,), (1, 1, 1, 1), (0, 4), (7,), (3, 5461))
+        ]  # 16383: one short of a CPU chunk
+        + [
+            case((1100, 1001), dtype, K=5, activation=act)  # > 1M elements
+            for dtype, act in ((torch.float32, "relu"), (torch.bfloat16, "none"), (torch.float16, "relu"))
+        ]
+    )
 
 
 CASES = [c for subject in SUBJECTS for c in _grid(*subject)]
@@ -80,17 +95,21 @@ def _inputs(case: Case):
     """Fresh x, branches, gates, mask; gates and mask hold zeros and negatives; all require grad."""
     branch_layouts = ("channels_last", "transposed", "strided") if case.layout == "mixed" else (case.layout,)
     x = _random(case.shape, case.dtype, case.device, "contiguous" if case.layout == "mixed" else case.layout)
-    branches = [_random(case.shape, case.dtype, case.device, branch_layouts[k % len(branch_layouts)])
-                for k in range(case.K)]
+    branches = [
+        _random(case.shape, case.dtype, case.device, branch_layouts[k % len(branch_layouts)]) for k in range(case.K)
+    ]
     scale_dtype = torch.float64 if case.dtype == torch.float64 else torch.float32
     gates = torch.randn(case.K, dtype=scale_dtype, device=case.device)
     if case.K >= 3:
         gates[-1] = 0.0
-    mask = torch.tensor([1.0, 0.0, -0.5, 2.0], dtype=scale_dtype, device=case.device).repeat(case.K)[torch.randperm(case.K)]
+    mask = torch.tensor([1.0, 0.0, -0.5, 2.0], dtype=scale_dtype, device=case.device).repeat(case.K)[
+        torch.randperm(case.K)
+    ]
     if case.activation == "relu":
         with torch.no_grad():
-            z = residual_aggregate_reference(x.double(), [h.double() for h in branches], gates.double(),
-                                             mask.double(), "none")
+            z = residual_aggregate_reference(
+                x.double(), [h.double() for h in branches], gates.double(), mask.double(), "none"
+            )
             x.add_(torch.where(z >= 0, RELU_GAP, -RELU_GAP).to(x.dtype))  # in place: keeps x's layout
     return [t.requires_grad_() for t in (x, *branches, gates, mask)]
 
@@ -108,8 +127,9 @@ def _detached_as(leaves, dtype):
     float64 `dtype`, else unchanged (they stay fp32 beside low-precision activations)."""
     *tensors, gates, mask = leaves
     scale_dtype = torch.float64 if dtype == torch.float64 else gates.dtype
-    return ([t.detach().to(dtype).requires_grad_() for t in tensors]
-            + [v.detach().to(scale_dtype).requires_grad_() for v in (gates, mask)])
+    return [t.detach().to(dtype).requires_grad_() for t in tensors] + [
+        v.detach().to(scale_dtype).requires_grad_() for v in (gates, mask)
+    ]
 
 
 # assert_close's default (rtol, atol) for the dtypes the subject's outputs are compared in.
@@ -126,8 +146,10 @@ def _error_scales(oracle_leaves, oracle_outputs, grad_out, activation):
     dz = grad_out.double() * (oracle_y > 0) if activation == "relu" else grad_out.double()
     term_sums = torch.stack([(dz * h).abs().sum() for h in branches]) if branches else gates.new_zeros(0)
     magnitudes = [t.detach().abs() for t in oracle_outputs]
-    return magnitudes[:-2] + [torch.maximum(magnitudes[-2], mask.abs() * term_sums),
-                              torch.maximum(magnitudes[-1], gates.abs() * term_sums)]
+    return magnitudes[:-2] + [
+        torch.maximum(magnitudes[-2], mask.abs() * term_sums),
+        torch.maximum(magnitudes[-1], gates.abs() * term_sums),
+    ]
 
 
 def _max_error(actual, expected) -> float:
@@ -139,7 +161,8 @@ def _assert_close(name, actual, expected, scale):
     rtol, atol = DEFAULT_TOLERANCES[actual.dtype]
     error = (actual.double() - expected.double()).abs()
     assert actual.dtype == expected.dtype and bool((error <= atol + rtol * scale).all()), (
-        f"{name}: max error {_max_error(actual, expected):.3g} exceeds {atol} + {rtol} x scale")
+        f"{name}: max error {_max_error(actual, expected):.3g} exceeds {atol} + {rtol} x scale"
+    )
 
 
 def _assert_no_worse_than_eager(name, actual, eager, expected, scale, factor=2.0):
@@ -149,14 +172,18 @@ def _assert_no_worse_than_eager(name, actual, eager, expected, scale, factor=2.0
     slack = atol + rtol * (scale.max().item() if scale.numel() else 0.0)
     error, eager_error = _max_error(actual, expected), _max_error(eager, expected)
     assert actual.dtype == eager.dtype and error <= factor * eager_error + slack, (
-        f"{name}: max error {error:.3g}, eager PyTorch's in the same dtype {eager_error:.3g}")
+        f"{name}: max error {error:.3g}, eager PyTorch's in the same dtype {eager_error:.3g}"
+    )
 
 
 @pytest.fixture
 def poisoned_allocations():
     """Fill every fresh allocation with NaN (PyTorch's deterministic mode does), so an output element
     that a kernel never writes shows up as NaN rather than as stale memory that happens to be right."""
-    enabled, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    enabled, warn_only = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     fill = torch.utils.deterministic.fill_uninitialized_memory
     torch.use_deterministic_algorithms(True)
     torch.utils.deterministic.fill_uninitialized_memory = True
@@ -210,8 +237,10 @@ def test_gradcheck(subject, activation):
 def _op_family(backend: str):
     """(forward op, backward op) a backend runs on."""
     suffix = "_triton" if backend == "triton" else ""
-    return (getattr(torch.ops.plasticnet, f"residual_aggregate{suffix}").default,
-            getattr(torch.ops.plasticnet, f"residual_aggregate{suffix}_backward").default)
+    return (
+        getattr(torch.ops.plasticnet, f"residual_aggregate{suffix}").default,
+        getattr(torch.ops.plasticnet, f"residual_aggregate{suffix}_backward").default,
+    )
 
 
 OPCHECK_SAMPLES = [  # (shape, dtype, layout, K, activation)
@@ -233,7 +262,9 @@ def test_opcheck(subject, sample):
     with torch.no_grad():
         out = forward(x, branches, gates, mask, case.activation)
     detached = [t.detach() for t in branches]
-    torch.library.opcheck(backward, (torch.randn_like(out), out, detached, gates.detach(), mask.detach(), case.activation))
+    torch.library.opcheck(
+        backward, (torch.randn_like(out), out, detached, gates.detach(), mask.detach(), case.activation)
+    )
 
 
 @pytest.mark.parametrize("subject", SUBJECTS, ids=_subject_id)
@@ -249,7 +280,9 @@ def test_deterministic_across_runs_and_thread_counts(subject):
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            return _run(lambda *a: residual_aggregate(*a[:4], activation=a[4], backend=backend), leaves, "relu", grad_out)
+            return _run(
+                lambda *a: residual_aggregate(*a[:4], activation=a[4], backend=backend), leaves, "relu", grad_out
+            )
         finally:
             torch.set_num_threads(previous)
 

@@ -1,4 +1,5 @@
 """PathScores: the running contribution statistics fed by every backward, on every backend."""
+
 import pytest
 import torch
 
@@ -18,6 +19,7 @@ def _inputs(k, shape=(3, 5, 7)):
 
 def _expected_contributions(x, branches, gates, mask, grad_out, activation="relu"):
     from plasticnet.ops import residual_aggregate_reference
+
     with torch.no_grad():
         out = residual_aggregate_reference(x, branches, gates, mask, activation)
         return residual_aggregate_backward_reference(grad_out, out, branches, gates, mask, activation)[2]
@@ -118,8 +120,7 @@ def test_scores_update_under_torch_compile():
     torch.testing.assert_close(scores.last, c)
 
 
-@pytest.mark.parametrize("kwargs, error", [
-    ({"num_slots": -1}, "num_slots"), ({"num_slots": 2, "decay": 1.0}, "decay")])
+@pytest.mark.parametrize("kwargs, error", [({"num_slots": -1}, "num_slots"), ({"num_slots": 2, "decay": 1.0}, "decay")])
 def test_bad_arguments(kwargs, error):
     with pytest.raises(ValueError, match=error):
         PathScores(**kwargs)
@@ -134,6 +135,7 @@ def test_slots_of_wrong_length_is_a_clear_error():
 
 def test_deepcopy_keeps_scores_updating():
     import copy
+
     scores = copy.deepcopy(PathScores(2))
     x, branches, gates, mask = _inputs(2)
     residual_aggregate(x, branches, gates, mask, scores=scores).sum().backward()

@@ -1,4 +1,5 @@
 """`plasticnet train` end to end on tiny synthetic settings: run dir, resume, CLI errors."""
+
 import argparse
 import json
 import math
@@ -16,13 +17,54 @@ from plasticnet.training.plots import topology_timeline
 from plasticnet.training.run_dir import read_jsonl
 
 # Small enough for seconds per epoch on one CPU core; rewiring every 3 of the 6 steps per epoch.
-TINY_ARGS = ["--dataset", "synthetic", "--train-size", "96", "--test-size", "32", "--batch-size", "16",
-             "--base-width", "4", "--device", "cpu", "--no-progress", "--log-every", "2", "--rewire-interval", "3",
-             "--rewire-end", "1.0", "--warmup-epochs", "0.5"]
-ISSUE_OPTIONS = ["--model", "--dataset", "--data-dir", "--epochs", "--batch-size", "--lr", "--base-width", "--budget",
-                 "--max-span", "--drop", "--grow", "--rewire-fraction", "--rewire-interval", "--seed", "--out",
-                 "--resume", "--train-size", "--test-size", "--device", "--backend", "--compile", "--recipe",
-                 "--eval-every-steps"]
+TINY_ARGS = [
+    "--dataset",
+    "synthetic",
+    "--train-size",
+    "96",
+    "--test-size",
+    "32",
+    "--batch-size",
+    "16",
+    "--base-width",
+    "4",
+    "--device",
+    "cpu",
+    "--no-progress",
+    "--log-every",
+    "2",
+    "--rewire-interval",
+    "3",
+    "--rewire-end",
+    "1.0",
+    "--warmup-epochs",
+    "0.5",
+]
+ISSUE_OPTIONS = [
+    "--model",
+    "--dataset",
+    "--data-dir",
+    "--epochs",
+    "--batch-size",
+    "--lr",
+    "--base-width",
+    "--budget",
+    "--max-span",
+    "--drop",
+    "--grow",
+    "--rewire-fraction",
+    "--rewire-interval",
+    "--seed",
+    "--out",
+    "--resume",
+    "--train-size",
+    "--test-size",
+    "--device",
+    "--backend",
+    "--compile",
+    "--recipe",
+    "--eval-every-steps",
+]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -53,18 +95,39 @@ def test_help_documents_every_option_with_its_default(capsys):
 
 def test_tiny_plastic_run_writes_the_whole_run_dir(tmp_path):
     out = tmp_path / "run"
-    assert run_cli([*TINY_ARGS, "--model", "plastic-resnet18", "--epochs", "2", "--out", str(out),
-                    "--eval-every-steps", "4"]) == 0
-    assert {"config.json", "metrics.jsonl", "events.jsonl", "step_evals.jsonl", "curves.png", "topology.png",
-            "last.pt", "best.pt"} <= set(os.listdir(out))
+    assert (
+        run_cli(
+            [*TINY_ARGS, "--model", "plastic-resnet18", "--epochs", "2", "--out", str(out), "--eval-every-steps", "4"]
+        )
+        == 0
+    )
+    assert {
+        "config.json",
+        "metrics.jsonl",
+        "events.jsonl",
+        "step_evals.jsonl",
+        "curves.png",
+        "topology.png",
+        "last.pt",
+        "best.pt",
+    } <= set(os.listdir(out))
     assert not [name for name in os.listdir(out) if name.endswith(".tmp")]
     config = json.loads((out / "config.json").read_text())
     assert config["model"] == "plastic-resnet18" and config["world_size"] == 1 and config["versions"]["torch"]
     metrics = read_jsonl(str(out / "metrics.jsonl"))
     assert [m["epoch"] for m in metrics] == [1, 2]
     for m in metrics:
-        assert set(m) == {"epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "images_per_s",
-                          "active_paths"}
+        assert set(m) == {
+            "epoch",
+            "step",
+            "train_loss",
+            "train_acc",
+            "test_loss",
+            "test_acc",
+            "lr",
+            "images_per_s",
+            "active_paths",
+        }
         assert len(m["active_paths"]) == 8  # resnet18's budget: its 8 blocks
     events = read_jsonl(str(out / "events.jsonl"))
     assert [e["step"] for e in events] == [3, 6, 9]  # step 12 is the last step: end_fraction excludes it
@@ -83,8 +146,12 @@ def test_tiny_plastic_run_writes_the_whole_run_dir(tmp_path):
 
 def test_plastic_run_without_a_rewire_still_has_its_events_log(tmp_path):
     out = tmp_path / "run"
-    assert run_cli([*TINY_ARGS, "--model", "plastic-resnet18", "--epochs", "1", "--rewire-interval", "100",
-                    "--out", str(out)]) == 0
+    assert (
+        run_cli(
+            [*TINY_ARGS, "--model", "plastic-resnet18", "--epochs", "1", "--rewire-interval", "100", "--out", str(out)]
+        )
+        == 0
+    )
     assert (out / "events.jsonl").read_text() == ""
     assert (out / "topology.png").stat().st_size > 0
     assert run_cli(["--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
@@ -94,8 +161,19 @@ def test_plastic_run_without_a_rewire_still_has_its_events_log(tmp_path):
 @pytest.mark.slow  # about 50 s of inductor compilation on 2 CPU cores with a cold cache, 5 s with a warm one
 def test_compiled_run_matches_the_eager_one(tmp_path):
     # one optimizer step of a tiny plastic model: compiling the parts must not change the numbers
-    argv = [*TINY_ARGS, "--model", "plastic-resnet18", "--epochs", "1", "--train-size", "16", "--test-size", "16",
-            "--eval-batch-size", "16"]
+    argv = [
+        *TINY_ARGS,
+        "--model",
+        "plastic-resnet18",
+        "--epochs",
+        "1",
+        "--train-size",
+        "16",
+        "--test-size",
+        "16",
+        "--eval-batch-size",
+        "16",
+    ]
     eager = Trainer(cli.parse_config([*argv, "--out", str(tmp_path / "eager")])).fit()
     dynamo_counters.clear()
     try:
@@ -113,26 +191,46 @@ def test_lr_warms_up_linearly_then_follows_the_schedule(schedule):
     total, warmup = 20, 4
     factors = [lr_factor(step, total_steps=total, warmup_steps=warmup, schedule=schedule) for step in range(total + 1)]
     progress = [(step - warmup) / (total - warmup) for step in range(warmup, total + 1)]
-    expected = {"cosine": [(1 + math.cos(math.pi * p)) / 2 for p in progress], "linear": [1 - p for p in progress],
-                "constant": [1.0] * len(progress)}[schedule]
+    expected = {
+        "cosine": [(1 + math.cos(math.pi * p)) / 2 for p in progress],
+        "linear": [1 - p for p in progress],
+        "constant": [1.0] * len(progress),
+    }[schedule]
     assert factors[:warmup] == pytest.approx([1 / 4, 2 / 4, 3 / 4, 1.0])
     assert factors[warmup:] == pytest.approx(expected)
 
 
 def test_trainer_uses_nesterov_sgd_label_smoothing_and_the_schedule(tmp_path):
-    trainer = Trainer(cli.parse_config([*TINY_ARGS, "--model", "resnet18", "--epochs", "2", "--lr", "0.2",
-                                        "--label-smoothing", "0.2", "--out", str(tmp_path / "run")]))
+    trainer = Trainer(
+        cli.parse_config(
+            [
+                *TINY_ARGS,
+                "--model",
+                "resnet18",
+                "--epochs",
+                "2",
+                "--lr",
+                "0.2",
+                "--label-smoothing",
+                "0.2",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+    )
     assert isinstance(trainer.optimizer, torch.optim.SGD) and trainer.optimizer.defaults["nesterov"]
     assert trainer.criterion.label_smoothing == 0.2
     metrics = trainer.fit()
     # 6 steps per epoch, warm-up 3 steps, cosine over the other 9: the lr logged after each epoch
     assert [m["lr"] for m in metrics] == pytest.approx(
-        [0.2 * lr_factor(step, total_steps=12, warmup_steps=3, schedule="cosine") for step in (6, 12)])
+        [0.2 * lr_factor(step, total_steps=12, warmup_steps=3, schedule="cosine") for step in (6, 12)]
+    )
 
 
 def test_flip_tta_averages_the_image_and_its_mirror_image(tmp_path):
-    trainer = Trainer(cli.parse_config([*TINY_ARGS, "--model", "resnet18", "--epochs", "1", "--tta",
-                                        "--out", str(tmp_path / "run")]))
+    trainer = Trainer(
+        cli.parse_config([*TINY_ARGS, "--model", "resnet18", "--epochs", "1", "--tta", "--out", str(tmp_path / "run")])
+    )
     trainer.model.eval()
     with torch.no_grad():
         x = trainer.augmenter.normalise(trainer.test_set.images)
@@ -186,9 +284,29 @@ def test_corrupt_checkpoint_or_missing_run_dir_is_one_clear_line(tmp_path, capsy
 
 @pytest.mark.slow
 def test_synthetic_data_is_learned_well_above_chance_in_two_epochs_but_not_solved(tmp_path):
-    config = cli.parse_config(["--dataset", "synthetic", "--model", "resnet18", "--base-width", "8", "--train-size",
-                               "2560", "--test-size", "500", "--batch-size", "64", "--epochs", "2", "--device", "cpu",
-                               "--no-progress", "--out", str(tmp_path / "run")])
+    config = cli.parse_config(
+        [
+            "--dataset",
+            "synthetic",
+            "--model",
+            "resnet18",
+            "--base-width",
+            "8",
+            "--train-size",
+            "2560",
+            "--test-size",
+            "500",
+            "--batch-size",
+            "64",
+            "--epochs",
+            "2",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     metrics = Trainer(config).fit()
     # chance is 0.1 (seeds 0-2 reach 0.76-0.90); a set solved this fast (the first synthetic
     # set reached 1.0 in one epoch) could not tell one network from another in offline runs

@@ -5,6 +5,7 @@ TRITON_INTERPRET=1 before plasticnet is imported), so the shapes stay small and 
 programs per launch and a ragged last block. The GPU-only tests skip without CUDA. The shared
 numerics harness (tests/test_residual_aggregate.py) covers the op's public surface.
 """
+
 import inspect
 import os
 import subprocess
@@ -23,8 +24,10 @@ from triton.runtime.jit import JITFunction  # noqa: E402
 from plasticnet import _extension  # noqa: E402
 from plasticnet.ops import residual_aggregate, triton_kernels  # noqa: E402
 from plasticnet.ops.backends import triton_interpreted  # noqa: E402
-from plasticnet.ops.reference import (residual_aggregate_backward_reference,  # noqa: E402
-                                      residual_aggregate_reference)
+from plasticnet.ops.reference import (
+    residual_aggregate_backward_reference,  # noqa: E402
+    residual_aggregate_reference,
+)
 
 # CPU tensors need the interpreter; a test parametrised over no device at all is reported skipped.
 DEVICES = [d for d, usable in (("cpu", triton_interpreted()), ("cuda", torch.cuda.is_available())) if usable]
@@ -39,8 +42,10 @@ ODD_SHAPE = (3, 5, 7, 11)  # 1155 elements: several interpreter blocks, the last
 
 def make_operands(shape, num_branches, dtype, device, memory_format=torch.contiguous_format):
     """x, branches, gates and a mask with some paths off, all fresh random."""
+
     def draw():
         return torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=memory_format)
+
     gates = torch.randn(num_branches, device=device)
     mask = (torch.rand(num_branches, device=device) > 0.3).float()
     return draw(), [draw() for _ in range(num_branches)], gates, mask
@@ -48,9 +53,11 @@ def make_operands(shape, num_branches, dtype, device, memory_format=torch.contig
 
 def assert_backward_matches_reference(grad_out, out, branches, gates, mask, activation, **contribution_tolerance):
     grad_x, grad_branches, contributions = triton_kernels.residual_aggregate_triton_backward(
-        grad_out, out, branches, gates, mask, activation)
+        grad_out, out, branches, gates, mask, activation
+    )
     expected_x, expected_branches, expected_contributions = residual_aggregate_backward_reference(
-        grad_out, out, branches, gates, mask, activation)
+        grad_out, out, branches, gates, mask, activation
+    )
     torch.testing.assert_close(grad_x, expected_x)
     assert len(grad_branches) == len(branches)
     for actual, expected in zip(grad_branches, expected_branches):
@@ -63,7 +70,9 @@ def assert_backward_matches_reference(grad_out, out, branches, gates, mask, acti
 # Low-precision outputs are compared in their own dtype at assert_close's defaults: one rounding
 # apart at most (the interpreter truncates fp32 -> bf16 where GPUs round to nearest).
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("memory_format", (torch.contiguous_format, torch.channels_last), ids=("contiguous", "channels_last"))
+@pytest.mark.parametrize(
+    "memory_format", (torch.contiguous_format, torch.channels_last), ids=("contiguous", "channels_last")
+)
 @pytest.mark.parametrize("activation", ("relu", "none"))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("num_branches", BRANCH_COUNTS)
@@ -94,7 +103,9 @@ def test_mixed_and_strided_layouts_are_copied_into_the_layout_of_x(device):
     strided_x = torch.randn(5, 14, device=device)[:, ::2]
     strided_branches = [torch.randn(5, 7, device=device)]
     out = triton_kernels.residual_aggregate_triton(strided_x, strided_branches, gates[:1], mask[:1], "none")
-    torch.testing.assert_close(out, residual_aggregate_reference(strided_x, strided_branches, gates[:1], mask[:1], "none"))
+    torch.testing.assert_close(
+        out, residual_aggregate_reference(strided_x, strided_branches, gates[:1], mask[:1], "none")
+    )
     assert out.stride() == torch.empty_like(strided_x).stride()
 
 
@@ -105,7 +116,8 @@ def test_empty_tensors(num_branches, device):
     out = triton_kernels.residual_aggregate_triton(x, branches, gates, mask, "relu")
     assert out.shape == (0, 3)
     grad_x, grad_branches, contributions = triton_kernels.residual_aggregate_triton_backward(
-        out, out, branches, gates, mask, "relu")
+        out, out, branches, gates, mask, "relu"
+    )
     assert grad_x.shape == (0, 3) and [g.shape for g in grad_branches] == [(0, 3)] * num_branches
     torch.testing.assert_close(contributions, torch.zeros(num_branches, device=device))
 
@@ -124,7 +136,9 @@ def test_contributions_are_bitwise_deterministic(device):
 def test_backward_rejects_a_grad_out_unlike_out(device):
     x, branches, gates, mask = make_operands((4, 5), 2, torch.float32, device)
     with pytest.raises(ValueError, match=r"grad_out: expected out's shape \(4, 5\), got \(5, 4\)"):
-        triton_kernels.residual_aggregate_triton_backward(torch.ones(5, 4, device=device), x, branches, gates, mask, "relu")
+        triton_kernels.residual_aggregate_triton_backward(
+            torch.ones(5, 4, device=device), x, branches, gates, mask, "relu"
+        )
     with pytest.raises(TypeError, match="grad_out: expected out's dtype torch.float32, got torch.float64"):
         triton_kernels.residual_aggregate_triton_backward(x.double(), x, branches, gates, mask, "relu")
 
@@ -185,6 +199,7 @@ def test_compiles_fullgraph_with_the_triton_backend(device):
 
 # ---- no GPU needed: the kernels still compile to sm_90 machine code, as they would on an H100 ----
 
+
 def compile_for_sm90(kernel, dtype: str, constexprs: dict, num_warps: int = 4):
     """Ahead-of-time compile of a kernel's source; pointers named *_ptrs are tuples of
     NUM_BRANCHES branch pointers, the scales and partials are fp32 (fp64 for fp64 inputs)."""
@@ -205,8 +220,11 @@ def compile_for_sm90(kernel, dtype: str, constexprs: dict, num_warps: int = 4):
         fn = fn.fn
     jit_function = JITFunction(fn)
     signature = {name: arg_type(name) for name in jit_function.arg_names}
-    return triton.compile(ASTSource(jit_function, signature, constexprs=constexprs), target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": num_warps})
+    return triton.compile(
+        ASTSource(jit_function, signature, constexprs=constexprs),
+        target=GPUTarget("cuda", 90, 32),
+        options={"num_warps": num_warps},
+    )
 
 
 BACKWARD_PASSES = {"first": {"RELU": True}, "chained": {"RELU": False, "grad_x_ptr": None}}
@@ -215,18 +233,26 @@ BACKWARD_PASSES = {"first": {"RELU": True}, "chained": {"RELU": False, "grad_x_p
 SM90_DTYPES = ("fp32", "bf16", "fp16", "fp64")
 
 
-@pytest.mark.skipif(triton_interpreted(), reason="run by test_kernels_compile_for_sm90 in a process without the interpreter")
+@pytest.mark.skipif(
+    triton_interpreted(), reason="run by test_kernels_compile_for_sm90 in a process without the interpreter"
+)
 @pytest.mark.parametrize("dtype", SM90_DTYPES)
 def test_kernels_compile_for_sm90_in_this_process(dtype):
     # The forward at its largest autotuned block; the backward in its one fixed configuration.
     branches = {"NUM_BRANCHES": triton_kernels.MAX_BRANCHES_PER_PASS}
-    compiled = [compile_for_sm90(triton_kernels._aggregate_forward_kernel, dtype,
-                                 {**branches, "BLOCK": 4096, "RELU": True})]
+    compiled = [
+        compile_for_sm90(triton_kernels._aggregate_forward_kernel, dtype, {**branches, "BLOCK": 4096, "RELU": True})
+    ]
     passes = BACKWARD_PASSES.values() if dtype == "fp32" else [BACKWARD_PASSES["first"]]
-    compiled += [compile_for_sm90(triton_kernels._aggregate_backward_kernel, dtype,
-                                  {**branches, "BLOCK": triton_kernels._BACKWARD_BLOCK, **backward_pass},
-                                  num_warps=triton_kernels._BACKWARD_WARPS)
-                 for backward_pass in passes]
+    compiled += [
+        compile_for_sm90(
+            triton_kernels._aggregate_backward_kernel,
+            dtype,
+            {**branches, "BLOCK": triton_kernels._BACKWARD_BLOCK, **backward_pass},
+            num_warps=triton_kernels._BACKWARD_WARPS,
+        )
+        for backward_pass in passes
+    ]
     assert all(kernel.asm["cubin"] for kernel in compiled)
 
 
@@ -235,13 +261,25 @@ def test_kernels_compile_for_sm90():
     # Once an interpreted kernel has run, the interpreter's patches of triton.language stay in
     # the process and break the compiler: compile in a fresh process with the interpreter off.
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         f"{__file__}::test_kernels_compile_for_sm90_in_this_process"],
-        env={**os.environ, "TRITON_INTERPRET": "0"}, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"{__file__}::test_kernels_compile_for_sm90_in_this_process",
+        ],
+        env={**os.environ, "TRITON_INTERPRET": "0"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0 and f"{len(SM90_DTYPES)} passed" in result.stdout, result.stdout + result.stderr
 
 
 # ---- GPU only: sizes the interpreter cannot afford, autotuning, bf16 rounding as on hardware ----
+
 
 @needs_cuda
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -252,10 +290,13 @@ def test_large_inputs_on_gpu(num_branches, dtype):
     torch.testing.assert_close(out, residual_aggregate_reference(x, branches, gates, mask, "relu"))
     grad_out = torch.randn_like(out)
     # Two fp32 sums of millions of terms in different orders differ by a random walk of roundings.
-    assert_backward_matches_reference(grad_out, out, branches, gates, mask, "relu",
-                                      rtol=1e-5, atol=1e-5 * out.numel() ** 0.5)
-    first, second = (triton_kernels.residual_aggregate_triton_backward(grad_out, out, branches, gates, mask, "relu")[2]
-                     for _ in range(2))
+    assert_backward_matches_reference(
+        grad_out, out, branches, gates, mask, "relu", rtol=1e-5, atol=1e-5 * out.numel() ** 0.5
+    )
+    first, second = (
+        triton_kernels.residual_aggregate_triton_backward(grad_out, out, branches, gates, mask, "relu")[2]
+        for _ in range(2)
+    )
     assert torch.equal(first, second)
 
 

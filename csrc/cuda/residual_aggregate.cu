@@ -92,7 +92,8 @@ __device__ __forceinline__ void grid_stride(int64_t n, const VecBody& vec_body, 
 
 // dst = act(base + sum_{k < num_branches} scale[k] * branches[k]) for one pack of kVec elements.
 template <int kVec, typename scalar_t, typename base_t, typename dst_t, typename acc_t>
-__device__ __forceinline__ void forward_pack(int64_t pack, const base_t* base, const PointerTable<const scalar_t>& branches,
+__device__ __forceinline__ void forward_pack(int64_t pack, const base_t* base,
+                                             const PointerTable<const scalar_t>& branches,
                                              const acc_t (&scale)[kBranchesPerLaunch], int num_branches, bool relu,
                                              dst_t* dst) {
   acc_t z[kVec];
@@ -214,7 +215,8 @@ __global__ void __launch_bounds__(kThreads)
   grid_stride<kVec>(
       n,
       [&](int64_t p) {
-        backward_pack<kVec, kRelu>(p, grad_out, out, branches, grad_branches, scale, num_branches, grad_x, contribution);
+        backward_pack<kVec, kRelu>(p, grad_out, out, branches, grad_branches, scale, num_branches, grad_x,
+                                   contribution);
       },
       [&](int64_t i) {
         backward_pack<1, kRelu>(i, grad_out, out, branches, grad_branches, scale, num_branches, grad_x, contribution);
@@ -398,7 +400,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> residual_aggregate_b
   if (ops.out.numel() == 0) {
     ops.contributions.zero_();
   } else {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "residual_aggregate_backward_cuda", [&] {
+    const auto dtype = out.scalar_type();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "residual_aggregate_backward_cuda", [&] {
       if (ops.activation == Activation::kRelu) {
         launch_backward<scalar_t, true>(ops.grad_out, ops.out, ops.branches, ops.scales, ops.grad_x,
                                         ops.grad_branches, ops.contributions);

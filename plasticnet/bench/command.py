@@ -1,5 +1,6 @@
 """`plasticnet bench`: the residual_aggregate micro-benchmarks and the training-step benchmark,
 printed as tables (with a PASS/MISS column per target) and optionally written as JSON."""
+
 import argparse
 import json
 import sys
@@ -7,44 +8,109 @@ import sys
 import torch
 
 from plasticnet.bench.environment import describe, last_level_cache_bytes, load_average
-from plasticnet.bench.ops import (BENCH_BACKENDS, DEFAULT_DTYPES, DTYPES, RESNET18_CIFAR_ACTIVATIONS, check_backends,
-                                  default_backends, op_cases, run_op_benchmarks)
+from plasticnet.bench.ops import (
+    BENCH_BACKENDS,
+    DEFAULT_DTYPES,
+    DTYPES,
+    RESNET18_CIFAR_ACTIVATIONS,
+    check_backends,
+    default_backends,
+    op_cases,
+    run_op_benchmarks,
+)
 from plasticnet.bench.report import TARGETS, op_table, op_target, train_step_table, train_step_target
 from plasticnet.bench.train_step import MODES, run_train_step_benchmarks
 
 # Sizes and repeat counts per (device type, quick). The GPU runs the issue's batch of 512;
 # the CPU a batch its 2 shared cores get through in minutes; --quick one shape in under a minute.
 PRESETS = {
-    ("cuda", False): dict(batch=512, stages=4, ks=(1, 2, 4), warmup=5, repeats=50,
-                          train_batch=256, train_width=64, train_modes=MODES, train_repeats=20),
-    ("cpu", False): dict(batch=32, stages=4, ks=(1, 2, 4), warmup=2, repeats=15,
-                         train_batch=32, train_width=16, train_modes=MODES, train_repeats=5),
-    ("cuda", True): dict(batch=64, stages=1, ks=(1, 4), warmup=2, repeats=10,
-                         train_batch=32, train_width=16, train_modes=("eager",), train_repeats=5),
-    ("cpu", True): dict(batch=4, stages=1, ks=(1, 4), warmup=1, repeats=5,
-                        train_batch=8, train_width=8, train_modes=("eager",), train_repeats=3),
+    ("cuda", False): dict(
+        batch=512,
+        stages=4,
+        ks=(1, 2, 4),
+        warmup=5,
+        repeats=50,
+        train_batch=256,
+        train_width=64,
+        train_modes=MODES,
+        train_repeats=20,
+    ),
+    ("cpu", False): dict(
+        batch=32,
+        stages=4,
+        ks=(1, 2, 4),
+        warmup=2,
+        repeats=15,
+        train_batch=32,
+        train_width=16,
+        train_modes=MODES,
+        train_repeats=5,
+    ),
+    ("cuda", True): dict(
+        batch=64,
+        stages=1,
+        ks=(1, 4),
+        warmup=2,
+        repeats=10,
+        train_batch=32,
+        train_width=16,
+        train_modes=("eager",),
+        train_repeats=5,
+    ),
+    ("cpu", True): dict(
+        batch=4,
+        stages=1,
+        ks=(1, 4),
+        warmup=1,
+        repeats=5,
+        train_batch=8,
+        train_width=8,
+        train_modes=("eager",),
+        train_repeats=3,
+    ),
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
-                        help="device to benchmark (default: cuda when available, else cpu)")
-    parser.add_argument("--quick", action="store_true", help="one activation shape, K 1 and 4, few repeats, "
-                        "eager training step only (a smoke run: about a minute on 2 CPU cores)")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default=None,
+        help="device to benchmark (default: cuda when available, else cpu)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="one activation shape, K 1 and 4, few repeats, "
+        "eager training step only (a smoke run: about a minute on 2 CPU cores)",
+    )
     parser.add_argument("--json", metavar="PATH", default=None, help="also write the results as JSON here")
-    parser.add_argument("--show", metavar="PATH", default=None,
-                        help="print the tables of a JSON written by --json instead of benchmarking")
+    parser.add_argument(
+        "--show",
+        metavar="PATH",
+        default=None,
+        help="print the tables of a JSON written by --json instead of benchmarking",
+    )
     parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
-    parser.add_argument("--backends", nargs="+", choices=BENCH_BACKENDS, default=None,
-                        help="residual_aggregate backends to time (default: the fused ones native to the device, "
-                             "eager and compile; speedups need eager and compile)")
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        choices=BENCH_BACKENDS,
+        default=None,
+        help="residual_aggregate backends to time (default: the fused ones native to the device, "
+        "eager and compile; speedups need eager and compile)",
+    )
     parser.add_argument("--batch", type=int, default=None, help="batch of the ResNet-18 activation shapes")
     parser.add_argument("--ks", type=int, nargs="+", default=None, help="numbers of branches K")
     parser.add_argument("--dtypes", nargs="+", choices=tuple(DTYPES), default=list(DEFAULT_DTYPES))
     parser.add_argument("--warmup", type=int, default=None, help="untimed calls before each measurement")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per measurement")
-    parser.add_argument("--train-step", action=argparse.BooleanOptionalAction, default=True,
-                        help="also time the plastic vs static ResNet-18 training step")
+    parser.add_argument(
+        "--train-step",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the plastic vs static ResNet-18 training step",
+    )
     parser.add_argument("--train-batch", type=int, default=None)
     parser.add_argument("--train-width", type=int, default=None, help="base width of both ResNet-18s")
     parser.add_argument("--train-modes", nargs="+", choices=MODES, default=None)
@@ -83,31 +149,59 @@ def benchmark(device: torch.device, settings: dict, *, train_step: bool, quick: 
     """Run the cases `settings` describe; returns the JSON document."""
     report = describe(device)
     cache_bytes = last_level_cache_bytes(device)
-    cases = op_cases(device, batch=settings["batch"], ks=settings["ks"],
-                     dtypes=[DTYPES[d] for d in settings["dtypes"]],
-                     activations=RESNET18_CIFAR_ACTIVATIONS[:settings["stages"]])
-    rows, copy_gbps = run_op_benchmarks(device, settings["backends"], cases, cache_bytes=cache_bytes,
-                                        warmup=settings["warmup"], repeats=settings["repeats"], progress=progress)
+    cases = op_cases(
+        device,
+        batch=settings["batch"],
+        ks=settings["ks"],
+        dtypes=[DTYPES[d] for d in settings["dtypes"]],
+        activations=RESNET18_CIFAR_ACTIVATIONS[: settings["stages"]],
+    )
+    rows, copy_gbps = run_op_benchmarks(
+        device,
+        settings["backends"],
+        cases,
+        cache_bytes=cache_bytes,
+        warmup=settings["warmup"],
+        repeats=settings["repeats"],
+        progress=progress,
+    )
     for row in rows:
         row["target"] = op_target(row, device.type)
     train_rows = []
     if train_step:
-        train_rows = run_train_step_benchmarks(device, batch=settings["train_batch"], base_width=settings["train_width"],
-                                               modes=settings["train_modes"], warmup=settings["warmup"],
-                                               repeats=settings["train_repeats"], progress=progress)
+        train_rows = run_train_step_benchmarks(
+            device,
+            batch=settings["train_batch"],
+            base_width=settings["train_width"],
+            modes=settings["train_modes"],
+            warmup=settings["warmup"],
+            repeats=settings["train_repeats"],
+            progress=progress,
+        )
         for row in train_rows:
             row["target"] = train_step_target(row)
     largest = max(cases, key=lambda case: case.numel * case.dtype.itemsize)
-    report.update({"load_after": load_average(), "cache_bytes": cache_bytes, "quick": quick,
-                   "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()},
-                   "copy_gbps": copy_gbps[largest.size_key], "copy_gbps_by_size": copy_gbps,
-                   "targets": TARGETS, "results": rows, "train_step": train_rows})
+    report.update(
+        {
+            "load_after": load_average(),
+            "cache_bytes": cache_bytes,
+            "quick": quick,
+            "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()},
+            "copy_gbps": copy_gbps[largest.size_key],
+            "copy_gbps_by_size": copy_gbps,
+            "targets": TARGETS,
+            "results": rows,
+            "train_step": train_rows,
+        }
+    )
     return report
 
 
 def print_report(report: dict, *, markdown: bool = False) -> None:
-    print(f"device {report['device']} | {report['date']} | torch {report['versions']['torch']} | "
-          f"threads {report['threads']} | load {report['load_before']} -> {report['load_after']}")
+    print(
+        f"device {report['device']} | {report['date']} | torch {report['versions']['torch']} | "
+        f"threads {report['threads']} | load {report['load_before']} -> {report['load_after']}"
+    )
     print(f"copy bandwidth {report['copy_gbps']:.1f} GB/s (largest tensor; each row uses its own size)\n")
     print(op_table(report["results"], markdown=markdown))
     if report["train_step"]:

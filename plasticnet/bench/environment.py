@@ -1,5 +1,6 @@
 """What a benchmark ran on: device name, versions, threads, load, and the cache size that
 input rotation has to exceed."""
+
 import datetime
 import glob
 import os
@@ -53,11 +54,17 @@ def versions() -> dict:
 
     try:
         import triton
+
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    return {"torch": torch.__version__, "triton": triton_version, "python": platform.python_version(),
-            "plasticnet": __version__, "cuda": torch.version.cuda}
+    return {
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "python": platform.python_version(),
+        "plasticnet": __version__,
+        "cuda": torch.version.cuda,
+    }
 
 
 def load_average() -> list[float] | None:
@@ -70,9 +77,11 @@ def load_average() -> list[float] | None:
 
 def describe(device: torch.device) -> dict:
     """The header every benchmark JSON starts with."""
-    return {"device": device_name(device),
-            "device_type": device.type,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "versions": versions(),
-            "threads": torch.get_num_threads(),
-            "load_before": load_average()}
+    return {
+        "device": device_name(device),
+        "device_type": device.type,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions(),
+        "threads": torch.get_num_threads(),
+        "load_before": load_average(),
+    }

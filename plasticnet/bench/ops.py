@@ -1,10 +1,11 @@
 """residual_aggregate micro-benchmarks: the cases, their rotated inputs and the steps that
 `plasticnet bench` times and that benchmarks/test_bench_ops.py hands to pytest-benchmark."""
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+
 import functools
 import itertools
 import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
@@ -46,8 +47,10 @@ def check_backends(backends: Sequence[str], device: torch.device) -> None:
         if backend not in BENCH_BACKENDS:
             raise ValueError(f"backends: expected names from {list(BENCH_BACKENDS)}, got {backend!r}")
         if backend not in available:
-            raise ValueError(f"backends: {backend!r} is unavailable on {device.type} "
-                             f"(available: {sorted(available & set(BENCH_BACKENDS))})")
+            raise ValueError(
+                f"backends: {backend!r} is unavailable on {device.type} "
+                f"(available: {sorted(available & set(BENCH_BACKENDS))})"
+            )
 
 
 @dataclass(frozen=True)
@@ -81,8 +84,14 @@ class OpCase:
         return elements * self.numel * self.dtype.itemsize
 
 
-def op_cases(device: torch.device, *, batch: int, ks: Sequence[int], dtypes: Sequence[torch.dtype],
-             activations: Sequence[tuple[int, int, int]] = RESNET18_CIFAR_ACTIVATIONS) -> list[OpCase]:
+def op_cases(
+    device: torch.device,
+    *,
+    batch: int,
+    ks: Sequence[int],
+    dtypes: Sequence[torch.dtype],
+    activations: Sequence[tuple[int, int, int]] = RESNET18_CIFAR_ACTIVATIONS,
+) -> list[OpCase]:
     return [OpCase(K, (batch, *chw), dtype, device) for chw, dtype, K in itertools.product(activations, dtypes, ks)]
 
 
@@ -138,8 +147,13 @@ class OpWorkload:
             return torch.randn(case.shape, dtype=case.dtype, device=case.device, requires_grad=True)
 
         gates = (torch.rand(case.K, device=case.device) + 0.5).requires_grad_()
-        return _Inputs(tensor(), [tensor() for _ in range(case.K)], gates,
-                       torch.ones(case.K, device=case.device), torch.randn(case.shape, dtype=case.dtype, device=case.device))
+        return _Inputs(
+            tensor(),
+            [tensor() for _ in range(case.K)],
+            gates,
+            torch.ones(case.K, device=case.device),
+            torch.randn(case.shape, dtype=case.dtype, device=case.device),
+        )
 
     def _inputs(self, i: int) -> _Inputs:
         return self.sets[i % len(self.sets)]
@@ -158,7 +172,9 @@ class OpWorkload:
         write over twice the cache, so the backward does not find what the forward just touched."""
         self._pending = self.fwd(i)
         if self._cache_flush is None:
-            self._cache_flush = torch.empty(_CACHE_MULTIPLE * self.cache_bytes, dtype=torch.uint8, device=self.case.device)
+            self._cache_flush = torch.empty(
+                _CACHE_MULTIPLE * self.cache_bytes, dtype=torch.uint8, device=self.case.device
+            )
         self._cache_flush.zero_()
 
     def bwd(self, i: int) -> None:
@@ -181,8 +197,10 @@ class CopyWorkload:
     def __init__(self, numel: int, dtype: torch.dtype, device: torch.device, *, cache_bytes: int):
         self.bytes = 2 * numel * dtype.itemsize
         n = rotation_sets(self.bytes, cache_bytes)
-        self.pairs = [(torch.randn(numel, dtype=dtype, device=device), torch.empty(numel, dtype=dtype, device=device))
-                      for _ in range(n)]
+        self.pairs = [
+            (torch.randn(numel, dtype=dtype, device=device), torch.empty(numel, dtype=dtype, device=device))
+            for _ in range(n)
+        ]
 
     def step(self, i: int) -> None:
         src, dst = self.pairs[i % len(self.pairs)]
@@ -200,8 +218,14 @@ def _timing_fields(prefix: str, timing: Timing) -> dict:
 def measure_case(case: OpCase, backend: str, *, cache_bytes: int, warmup: int, repeats: int) -> dict:
     """One result row: the three passes' timings and the GB/s of the bytes each must move."""
     workload = OpWorkload(case, backend, cache_bytes=cache_bytes)
-    row = {"backend": backend, "K": case.K, "numel": case.numel, "shape": list(case.shape),
-           "dtype": case.dtype_name, "rotation_sets": len(workload.sets)}
+    row = {
+        "backend": backend,
+        "K": case.K,
+        "numel": case.numel,
+        "shape": list(case.shape),
+        "dtype": case.dtype_name,
+        "rotation_sets": len(workload.sets),
+    }
     for which in PASSES:
         step, setup = workload.timed_pass(which)
         timing = measure(step, device=case.device, warmup=warmup, repeats=repeats, setup=setup)
@@ -227,16 +251,25 @@ def _add_comparisons(rows: list[dict], copy_gbps: float) -> None:
                 row[f"{prefix}speedup_vs_{baseline}"] = other[f"{which}_ms"] / row[f"{which}_ms"] if other else None
 
 
-def run_op_benchmarks(device: torch.device, backends: Sequence[str], cases: Sequence[OpCase], *, cache_bytes: int,
-                      warmup: int, repeats: int, progress: bool = True) -> tuple[list[dict], dict[str, float]]:
+def run_op_benchmarks(
+    device: torch.device,
+    backends: Sequence[str],
+    cases: Sequence[OpCase],
+    *,
+    cache_bytes: int,
+    warmup: int,
+    repeats: int,
+    progress: bool = True,
+) -> tuple[list[dict], dict[str, float]]:
     """Every case on every backend. Returns the rows and the copy bandwidth per 'dtype:numel'."""
     rows, copy_gbps = [], {}
     bar = tqdm(total=len(cases) * len(backends), desc="residual_aggregate", disable=not progress, leave=False)
     for case in cases:
         if case.size_key not in copy_gbps:
             copy = CopyWorkload(case.numel, case.dtype, device, cache_bytes=cache_bytes)
-            copy_gbps[case.size_key] = gbps(copy.bytes, measure(copy.step, device=device, warmup=warmup,
-                                                            repeats=repeats).median_ms)
+            copy_gbps[case.size_key] = gbps(
+                copy.bytes, measure(copy.step, device=device, warmup=warmup, repeats=repeats).median_ms
+            )
         case_rows = []
         for backend in backends:
             bar.set_postfix_str(f"{backend} K={case.K} {tuple(case.shape)} {case.dtype_name}")

@@ -1,4 +1,5 @@
 """The targets of issue 7, judged on result rows, and the plain-text tables `plasticnet bench` prints."""
+
 from collections.abc import Sequence
 
 from plasticnet.bench.ops import FUSED_BACKENDS
@@ -10,7 +11,7 @@ PLASTIC_MAX_STEP_RATIO = 1.10
 
 TARGETS = {
     "ops_cpu": f"fused backend, forward+backward: >= {CPU_MIN_SPEEDUP_VS_EAGER}x eager and "
-               f">= {CPU_MIN_SPEEDUP_VS_COMPILE}x compile",
+    f">= {CPU_MIN_SPEEDUP_VS_COMPILE}x compile",
     "ops_gpu": f"fused backend: forward and forward+backward each >= {GPU_MIN_PCT_COPY:g}% of copy bandwidth",
     "train_step": f"plastic step time <= {PLASTIC_MAX_STEP_RATIO}x the static step in the same mode",
 }
@@ -28,8 +29,9 @@ def op_target(row: dict, device_type: str) -> str | None:
         return _verdict(min(row["pct_copy"], row["fwd_pct_copy"]) >= GPU_MIN_PCT_COPY)
     if row["speedup_vs_eager"] is None or row["speedup_vs_compile"] is None:
         return None
-    return _verdict(row["speedup_vs_eager"] >= CPU_MIN_SPEEDUP_VS_EAGER
-                    and row["speedup_vs_compile"] >= CPU_MIN_SPEEDUP_VS_COMPILE)
+    return _verdict(
+        row["speedup_vs_eager"] >= CPU_MIN_SPEEDUP_VS_EAGER and row["speedup_vs_compile"] >= CPU_MIN_SPEEDUP_VS_COMPILE
+    )
 
 
 def train_step_target(row: dict) -> str | None:
@@ -58,16 +60,60 @@ def _ratio(value: float | None) -> str:
 
 
 def op_table(rows: Sequence[dict], *, markdown: bool = False) -> str:
-    headers = ["backend", "K", "shape", "dtype", "fwd ms (p20-p80)", "bwd ms (p20-p80)", "fwd+bwd ms (p20-p80)",
-               "GB/s", "% copy", "vs eager", "vs compile", "target"]
-    return format_table(headers, [
-        [r["backend"], str(r["K"]), "x".join(map(str, r["shape"])), r["dtype"], _ms(r, "fwd"), _ms(r, "bwd"),
-         _ms(r, "fwd_bwd"), f"{r['gbps']:.1f}", f"{r['pct_copy']:.0f}%", _ratio(r["speedup_vs_eager"]),
-         _ratio(r["speedup_vs_compile"]), r["target"] or "-"] for r in rows], markdown=markdown)
+    headers = [
+        "backend",
+        "K",
+        "shape",
+        "dtype",
+        "fwd ms (p20-p80)",
+        "bwd ms (p20-p80)",
+        "fwd+bwd ms (p20-p80)",
+        "GB/s",
+        "% copy",
+        "vs eager",
+        "vs compile",
+        "target",
+    ]
+    return format_table(
+        headers,
+        [
+            [
+                r["backend"],
+                str(r["K"]),
+                "x".join(map(str, r["shape"])),
+                r["dtype"],
+                _ms(r, "fwd"),
+                _ms(r, "bwd"),
+                _ms(r, "fwd_bwd"),
+                f"{r['gbps']:.1f}",
+                f"{r['pct_copy']:.0f}%",
+                _ratio(r["speedup_vs_eager"]),
+                _ratio(r["speedup_vs_compile"]),
+                r["target"] or "-",
+            ]
+            for r in rows
+        ],
+        markdown=markdown,
+    )
 
 
 def train_step_table(rows: Sequence[dict], *, markdown: bool = False) -> str:
     headers = ["model", "mode", "width", "batch", "backend", "step ms (p20-p80)", "images/s", "vs static", "target"]
-    return format_table(headers, [
-        [r["model"], r["mode"], str(r["base_width"]), str(r["batch"]), r["backend"], _ms(r, "step"),
-         f"{r['images_per_s']:.1f}", _ratio(r["vs_static"]), r["target"] or "-"] for r in rows], markdown=markdown)
+    return format_table(
+        headers,
+        [
+            [
+                r["model"],
+                r["mode"],
+                str(r["base_width"]),
+                str(r["batch"]),
+                r["backend"],
+                _ms(r, "step"),
+                f"{r['images_per_s']:.1f}",
+                _ratio(r["vs_static"]),
+                r["target"] or "-",
+            ]
+            for r in rows
+        ],
+        markdown=markdown,
+    )

@@ -4,10 +4,11 @@ A step is a callable taking the repeat index, so the workload can rotate its inp
 (caches must not flatter the kernels) without the timer knowing how. An optional untimed
 setup(i) runs before each step(i): a backward-only step needs a fresh graph every time.
 """
-from collections.abc import Callable
-from dataclasses import dataclass
+
 import statistics
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 

@@ -1,5 +1,6 @@
 """End-to-end training step (images/s): a plastic ResNet-18 against the static one at equal
 budget (init="resnet": exactly the ResNet's paths active), in eager mode and compiled."""
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -60,8 +61,13 @@ class TrainStepWorkload:
             self.forward = torch.compile(self.model)
         else:
             self.forward = self.model
-        self.batches = [(torch.randn(case.batch, 3, 32, 32, device=case.device),
-                         torch.randint(0, NUM_CLASSES, (case.batch,), device=case.device)) for _ in range(_INPUT_BATCHES)]
+        self.batches = [
+            (
+                torch.randn(case.batch, 3, 32, 32, device=case.device),
+                torch.randint(0, NUM_CLASSES, (case.batch,), device=case.device),
+            )
+            for _ in range(_INPUT_BATCHES)
+        ]
         self.step(0)  # compiles (mode "compile") before anything is timed
 
     def step(self, i: int) -> None:
@@ -74,15 +80,33 @@ class TrainStepWorkload:
 def measure_train_step(case: TrainStepCase, *, warmup: int, repeats: int) -> dict:
     workload = TrainStepWorkload(case)
     timing = measure(workload.step, device=case.device, warmup=warmup, repeats=repeats)
-    return {"model": case.model, "mode": case.mode, "compile_scope": "whole model" if case.mode == "compile" else None,
-            "arch": ARCH, "base_width": case.base_width, "batch": case.batch,
-            "backend": resolve_backend(case.backend, case.device), "active_paths": len(workload.model.active_paths()),
-            "step_ms": timing.median_ms, "step_p20_ms": timing.p20_ms, "step_p80_ms": timing.p80_ms,
-            "images_per_s": case.batch / (timing.median_ms * 1e-3)}
+    return {
+        "model": case.model,
+        "mode": case.mode,
+        "compile_scope": "whole model" if case.mode == "compile" else None,
+        "arch": ARCH,
+        "base_width": case.base_width,
+        "batch": case.batch,
+        "backend": resolve_backend(case.backend, case.device),
+        "active_paths": len(workload.model.active_paths()),
+        "step_ms": timing.median_ms,
+        "step_p20_ms": timing.p20_ms,
+        "step_p80_ms": timing.p80_ms,
+        "images_per_s": case.batch / (timing.median_ms * 1e-3),
+    }
 
 
-def run_train_step_benchmarks(device: torch.device, *, batch: int, base_width: int, modes: Sequence[str],
-                              warmup: int, repeats: int, backend: str | None = None, progress: bool = True) -> list[dict]:
+def run_train_step_benchmarks(
+    device: torch.device,
+    *,
+    batch: int,
+    base_width: int,
+    modes: Sequence[str],
+    warmup: int,
+    repeats: int,
+    backend: str | None = None,
+    progress: bool = True,
+) -> list[dict]:
     """Static and plastic in every mode; each plastic row carries its throughput relative to static."""
     rows = []
     cases = [TrainStepCase(model, mode, batch, base_width, device, backend) for mode in modes for model in MODELS]

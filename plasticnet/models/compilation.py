@@ -1,4 +1,5 @@
 """Compiling a network part by part, so that rewiring its topology never forces a recompile."""
+
 from collections.abc import Iterable
 
 import torch

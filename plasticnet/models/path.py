@@ -3,6 +3,7 @@
 Bodies are nn.Sequential with torchvision's submodule names (conv1, bn1, conv2, bn2[, conv3,
 bn3]), so a torchvision BasicBlock's or Bottleneck's weights load into them by name.
 """
+
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
@@ -29,21 +30,38 @@ def residual_body(layers: Sequence[tuple[nn.Module, nn.Module]]) -> nn.Sequentia
     return nn.Sequential(modules)
 
 
-def make_body(kind: str, in_channels: int, out_channels: int, stride: int, *, groups: int = 1,
-              width_per_group: int = 64, norm_layer: NormLayer = nn.BatchNorm2d) -> nn.Sequential:
+def make_body(
+    kind: str,
+    in_channels: int,
+    out_channels: int,
+    stride: int,
+    *,
+    groups: int = 1,
+    width_per_group: int = 64,
+    norm_layer: NormLayer = nn.BatchNorm2d,
+) -> nn.Sequential:
     """A BasicBlock ("basic") or Bottleneck ("bottleneck") body from in_channels to out_channels;
     the stride sits where torchvision puts it (first 3x3 conv of either body)."""
+
     def conv(cin, cout, k, s=1, g=1):
         return nn.Conv2d(cin, cout, kernel_size=k, stride=s, padding=k // 2, groups=g, bias=False)
 
     if kind == "basic":
-        return residual_body([(conv(in_channels, out_channels, 3, stride), norm_layer(out_channels)),
-                              (conv(out_channels, out_channels, 3), norm_layer(out_channels))])
+        return residual_body(
+            [
+                (conv(in_channels, out_channels, 3, stride), norm_layer(out_channels)),
+                (conv(out_channels, out_channels, 3), norm_layer(out_channels)),
+            ]
+        )
     if kind == "bottleneck":
         width = int(out_channels // EXPANSION["bottleneck"] * (width_per_group / 64.0)) * groups
-        return residual_body([(conv(in_channels, width, 1), norm_layer(width)),
-                              (conv(width, width, 3, stride, groups), norm_layer(width)),
-                              (conv(width, out_channels, 1), norm_layer(out_channels))])
+        return residual_body(
+            [
+                (conv(in_channels, width, 1), norm_layer(width)),
+                (conv(width, width, 3, stride, groups), norm_layer(width)),
+                (conv(width, out_channels, 1), norm_layer(out_channels)),
+            ]
+        )
     raise ValueError(f"body: expected one of {list(BODIES)}, got {kind!r}")
 
 

@@ -10,6 +10,7 @@ own shape at any time); only active paths, plus the probed ones inside `probing(
 computed. The join at node j runs through plasticnet.ops.residual_aggregate with node j's
 PathScores (one slot per candidate path into j).
 """
+
 import contextlib
 import math
 from collections import OrderedDict
@@ -20,7 +21,16 @@ import torch
 from torch import nn
 
 from plasticnet.models.compilation import compile_each
-from plasticnet.models.path import BODIES, EXPANSION, GATE_POSITIONS, NormLayer, Path, init_resnet_weights, last_norm, make_body
+from plasticnet.models.path import (
+    BODIES,
+    EXPANSION,
+    GATE_POSITIONS,
+    NormLayer,
+    Path,
+    init_resnet_weights,
+    last_norm,
+    make_body,
+)
 from plasticnet.ops import ACTIVATIONS, BACKENDS, residual_aggregate
 from plasticnet.plasticity.scores import PathScores
 
@@ -66,6 +76,7 @@ def _sync_after_load(model: "PlasticResNet", incompatible_keys) -> None:
 @dataclass
 class _JoinPlan:
     """What node j computes: the paths (key, source node), active ones first, then probed."""
+
     sources: list[tuple[str, int]]
     num_active: int
     slots: torch.Tensor  # slot in the site's PathScores of each computed path, on the model's device
@@ -121,16 +132,36 @@ class PlasticResNet(nn.Module):
     (bool per candidate path, in candidate_paths() order).
     """
 
-    def __init__(self, arch: str = "resnet18", num_classes: int = 10, *, init: str = "resnet",
-                 budget: int | None = None, max_span: int = 3, base_width: int = 64, stem: str = "cifar",
-                 seed: int | None = None, backend: str | None = None,
-                 nodes_per_stage: Sequence[int] | None = None, stage_widths: Sequence[int] | None = None,
-                 stage_strides: Sequence[int] = (1, 2, 2, 2), stem_width: int | None = None,
-                 stem_pool_stride: int = 2, projection: str = "conv1x1", body: str | None = None,
-                 groups: int = 1, width_per_group: int = 64, norm_layer: NormLayer = nn.BatchNorm2d,
-                 gate_init: str = "one", gate_position: str = "join", join_activation: str = "relu",
-                 max_resolution_changes: int = 1, initial_paths: Iterable[Edge] | str = (),
-                 zero_init_residual: bool = False, score_decay: float = 0.95):
+    def __init__(
+        self,
+        arch: str = "resnet18",
+        num_classes: int = 10,
+        *,
+        init: str = "resnet",
+        budget: int | None = None,
+        max_span: int = 3,
+        base_width: int = 64,
+        stem: str = "cifar",
+        seed: int | None = None,
+        backend: str | None = None,
+        nodes_per_stage: Sequence[int] | None = None,
+        stage_widths: Sequence[int] | None = None,
+        stage_strides: Sequence[int] = (1, 2, 2, 2),
+        stem_width: int | None = None,
+        stem_pool_stride: int = 2,
+        projection: str = "conv1x1",
+        body: str | None = None,
+        groups: int = 1,
+        width_per_group: int = 64,
+        norm_layer: NormLayer = nn.BatchNorm2d,
+        gate_init: str = "one",
+        gate_position: str = "join",
+        join_activation: str = "relu",
+        max_resolution_changes: int = 1,
+        initial_paths: Iterable[Edge] | str = (),
+        zero_init_residual: bool = False,
+        score_decay: float = 0.95,
+    ):
         super().__init__()
         _check_choice("arch", arch, ARCHITECTURES)
         _check_choice("init", init, INITS)
@@ -141,24 +172,32 @@ class PlasticResNet(nn.Module):
         _check_choice("join_activation", join_activation, ACTIVATIONS)
         if backend is not None:
             _check_choice("backend", backend, BACKENDS)
-        for name, value, minimum in (("num_classes", num_classes, 1), ("max_span", max_span, 1),
-                                     ("base_width", base_width, 1), ("stem_pool_stride", stem_pool_stride, 1),
-                                     ("max_resolution_changes", max_resolution_changes, 0),
-                                     ("stem_width", base_width if stem_width is None else stem_width, 1)):
+        for name, value, minimum in (
+            ("num_classes", num_classes, 1),
+            ("max_span", max_span, 1),
+            ("base_width", base_width, 1),
+            ("stem_pool_stride", stem_pool_stride, 1),
+            ("max_resolution_changes", max_resolution_changes, 0),
+            ("stem_width", base_width if stem_width is None else stem_width, 1),
+        ):
             if not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{name}: expected an int >= {minimum}, got {value!r}")
         default_body, default_nodes = ARCHITECTURES[arch]
         self.body_kind = body if body is not None else default_body
         _check_choice("body", self.body_kind, BODIES)
         if self.body_kind == "basic" and (groups != 1 or width_per_group != 64):
-            raise ValueError(f"groups, width_per_group: basic bodies support only 1 and 64 (as torchvision's "
-                             f"BasicBlock), got {groups} and {width_per_group}")
+            raise ValueError(
+                f"groups, width_per_group: basic bodies support only 1 and 64 (as torchvision's "
+                f"BasicBlock), got {groups} and {width_per_group}"
+            )
         nodes_per_stage = _check_positive_ints("nodes_per_stage", nodes_per_stage or default_nodes)
         num_stages = len(nodes_per_stage)
         expansion = EXPANSION[self.body_kind]
         stage_widths = _check_positive_ints(
-            "stage_widths", stage_widths or [base_width * 2 ** min(s, 3) * expansion for s in range(num_stages)],
-            num_stages)
+            "stage_widths",
+            stage_widths or [base_width * 2 ** min(s, 3) * expansion for s in range(num_stages)],
+            num_stages,
+        )
         stage_strides = _check_positive_ints("stage_strides", stage_strides, num_stages)
 
         self.arch, self.backend, self.join_activation = arch, backend, join_activation
@@ -179,20 +218,35 @@ class PlasticResNet(nn.Module):
         self.budget = self._check_budget(budget, init, initial_paths)
 
         self.stem = self._make_stem(stem, stem_pool_stride, norm_layer)
-        self.trunk = nn.ModuleList(self._make_projection(projection, j, norm_layer) for j in range(1, self.num_nodes + 1))
+        self.trunk = nn.ModuleList(
+            self._make_projection(projection, j, norm_layer) for j in range(1, self.num_nodes + 1)
+        )
         gate = {"one": lambda: 1.0, "zero": lambda: 0.0, "uniform": lambda: torch.rand(()).item()}[gate_init]
-        self.paths = nn.ModuleDict({
-            self._key(i, j): Path(make_body(self.body_kind, self.node_channels[i], self.node_channels[j],
-                                            self._stride(i, j), groups=groups, width_per_group=width_per_group,
-                                            norm_layer=norm_layer),
-                                  gate=gate(), gate_position=gate_position)
-            for i, j in self._candidates})
+        self.paths = nn.ModuleDict(
+            {
+                self._key(i, j): Path(
+                    make_body(
+                        self.body_kind,
+                        self.node_channels[i],
+                        self.node_channels[j],
+                        self._stride(i, j),
+                        groups=groups,
+                        width_per_group=width_per_group,
+                        norm_layer=norm_layer,
+                    ),
+                    gate=gate(),
+                    gate_position=gate_position,
+                )
+                for i, j in self._candidates
+            }
+        )
         # sources_into[j]: the candidate sources of node j, in slot order of its PathScores
         self._sources_into = [[] for _ in range(self.num_nodes + 1)]
         for i, j in self._candidates:
             self._sources_into[j].append(i)
-        self.scores = nn.ModuleList(PathScores(len(self._sources_into[j]), decay=score_decay)
-                                    for j in range(1, self.num_nodes + 1))
+        self.scores = nn.ModuleList(
+            PathScores(len(self._sources_into[j]), decay=score_decay) for j in range(1, self.num_nodes + 1)
+        )
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(self.node_channels[-1], num_classes)
         init_resnet_weights(self)
@@ -210,16 +264,19 @@ class PlasticResNet(nn.Module):
         # What the model computes depends on these, but no tensor shape records them: without
         # them a state would load silently into a model that computes something else. A tensor,
         # so that code treating every state_dict value as one keeps working.
-        return torch.tensor([GATE_POSITIONS.index(self.gate_position), ACTIVATIONS.index(self.join_activation)],
-                            dtype=torch.uint8)
+        return torch.tensor(
+            [GATE_POSITIONS.index(self.gate_position), ACTIVATIONS.index(self.join_activation)], dtype=torch.uint8
+        )
 
     def set_extra_state(self, state: torch.Tensor) -> None:
         gate_position, join_activation = (int(v) for v in state)
         if (GATE_POSITIONS[gate_position], ACTIVATIONS[join_activation]) != (self.gate_position, self.join_activation):
-            raise ValueError(f"state_dict: saved from a PlasticResNet with gate_position={GATE_POSITIONS[gate_position]!r}, "
-                             f"join_activation={ACTIVATIONS[join_activation]!r}, but this model has "
-                             f"gate_position={self.gate_position!r}, join_activation={self.join_activation!r}; "
-                             "build it with the same options")
+            raise ValueError(
+                f"state_dict: saved from a PlasticResNet with gate_position={GATE_POSITIONS[gate_position]!r}, "
+                f"join_activation={ACTIVATIONS[join_activation]!r}, but this model has "
+                f"gate_position={self.gate_position!r}, join_activation={self.join_activation!r}; "
+                "build it with the same options"
+            )
 
     # ---- construction helpers ----
 
@@ -227,8 +284,12 @@ class PlasticResNet(nn.Module):
         return math.prod(self.trunk_strides[i:j])  # trunk positions i+1 .. j
 
     def _candidate_set(self, max_span: int, max_changes: int) -> list[Edge]:
-        return [(i, j) for j in range(1, self.num_nodes + 1) for i in range(max(0, j - max_span), j)
-                if sum(s != 1 for s in self.trunk_strides[i:j]) <= max_changes]
+        return [
+            (i, j)
+            for j in range(1, self.num_nodes + 1)
+            for i in range(max(0, j - max_span), j)
+            if sum(s != 1 for s in self.trunk_strides[i:j]) <= max_changes
+        ]
 
     @staticmethod
     def _key(i: int, j: int) -> str:
@@ -253,14 +314,18 @@ class PlasticResNet(nn.Module):
         if budget is None:
             budget = self.num_nodes
         if not isinstance(budget, int) or not 0 <= budget <= len(self._candidates):
-            raise ValueError(f"budget: expected an int in [0, {len(self._candidates)}] (the candidate count), "
-                             f"got {budget!r}")
+            raise ValueError(
+                f"budget: expected an int in [0, {len(self._candidates)}] (the candidate count), got {budget!r}"
+            )
         if init == "resnet" and budget != self.num_nodes:
-            raise ValueError(f"budget: init='resnet' activates the {self.num_nodes} paths (j-1 -> j), so budget "
-                             f"must be {self.num_nodes}, got {budget}")
+            raise ValueError(
+                f"budget: init='resnet' activates the {self.num_nodes} paths (j-1 -> j), so budget "
+                f"must be {self.num_nodes}, got {budget}"
+            )
         if init == "resnet" and initial_paths:
-            raise ValueError(f"initial_paths: only init='random' takes initial paths, got {initial_paths!r} "
-                             f"with init='resnet'")
+            raise ValueError(
+                f"initial_paths: only init='random' takes initial paths, got {initial_paths!r} with init='resnet'"
+            )
         return budget
 
     def _initial_topology(self, init: str, initial_paths, seed: int | None) -> list[Edge]:
@@ -268,8 +333,9 @@ class PlasticResNet(nn.Module):
         if init == "resnet":
             return chain
         if initial_paths == "stage_transitions":
-            initial_paths = [(j - 1, j) for j in range(1, self.num_nodes + 1)
-                             if self.node_stage[j] != self.node_stage[j - 1]]
+            initial_paths = [
+                (j - 1, j) for j in range(1, self.num_nodes + 1) if self.node_stage[j] != self.node_stage[j - 1]
+            ]
         initial = self._check_paths("initial_paths", initial_paths)
         if len(initial) > self.budget:
             raise ValueError(f"initial_paths: expected at most budget={self.budget} paths, got {len(initial)}")
@@ -277,7 +343,7 @@ class PlasticResNet(nn.Module):
             seed = int(torch.randint(2**62, ()).item())
         generator = torch.Generator().manual_seed(seed)
         pool = [p for p in self._candidates if p not in initial]
-        drawn = torch.randperm(len(pool), generator=generator)[:self.budget - len(initial)].tolist()
+        drawn = torch.randperm(len(pool), generator=generator)[: self.budget - len(initial)].tolist()
         return initial + [pool[k] for k in drawn]
 
     def _check_paths(self, name: str, paths: Iterable[Edge]) -> list[Edge]:
@@ -293,9 +359,11 @@ class PlasticResNet(nn.Module):
             except (TypeError, ValueError, IndexError):
                 raise TypeError(f"{name}: expected (i, j) pairs of ints, got {p!r}") from None
             if edge not in self._candidate_index:
-                raise ValueError(f"{name}: {edge} is not a candidate path (candidates: i < j, j - i <= "
-                                 f"max_span={self.max_span}, crossing <= {self.max_resolution_changes} resolution "
-                                 f"changes, nodes 0..{self.num_nodes}; see candidate_paths())")
+                raise ValueError(
+                    f"{name}: {edge} is not a candidate path (candidates: i < j, j - i <= "
+                    f"max_span={self.max_span}, crossing <= {self.max_resolution_changes} resolution "
+                    f"changes, nodes 0..{self.num_nodes}; see candidate_paths())"
+                )
             if edge in checked:
                 raise ValueError(f"{name}: {edge} is listed twice")
             checked.append(edge)
@@ -327,8 +395,10 @@ class PlasticResNet(nn.Module):
         their number the new budget."""
         paths = self._check_paths("paths", paths)
         if keep_budget and len(paths) != self.budget:
-            raise ValueError(f"paths: expected {self.budget} paths (the budget), got {len(paths)}; pass "
-                             f"keep_budget=False to change the budget")
+            raise ValueError(
+                f"paths: expected {self.budget} paths (the budget), got {len(paths)}; pass "
+                f"keep_budget=False to change the budget"
+            )
         self.budget = len(paths)
         active = torch.zeros(len(self._candidates), dtype=torch.bool)
         active[torch.tensor([self._candidate_index[p] for p in paths], dtype=torch.long)] = True
@@ -346,8 +416,9 @@ class PlasticResNet(nn.Module):
         probed = self._check_paths("paths", paths)
         active = set(self.active_paths())
         if any(p in active for p in probed):
-            raise ValueError(f"paths: expected inactive candidates to probe, got active ones "
-                             f"{sorted(set(probed) & active)}")
+            raise ValueError(
+                f"paths: expected inactive candidates to probe, got active ones {sorted(set(probed) & active)}"
+            )
         self._probed = probed
         self._sync_topology()
         try:
@@ -369,13 +440,16 @@ class PlasticResNet(nn.Module):
         device = self.active.device
         self._plans = []
         for j in range(1, self.num_nodes + 1):
-            computed = ([i for i in self._sources_into[j] if (i, j) in active]
-                        + [i for i, jj in self._probed if jj == j])
+            computed = [i for i in self._sources_into[j] if (i, j) in active] + [i for i, jj in self._probed if jj == j]
             slots = [self._sources_into[j].index(i) for i in computed]
             self.scores[j - 1].set_computed(slots)
-            self._plans.append(_JoinPlan(sources=[(self._key(i, j), i) for i in computed],
-                                         num_active=sum((i, j) in active for i in computed),
-                                         slots=torch.tensor(slots, dtype=torch.long, device=device)))
+            self._plans.append(
+                _JoinPlan(
+                    sources=[(self._key(i, j), i) for i in computed],
+                    num_active=sum((i, j) in active for i in computed),
+                    slots=torch.tensor(slots, dtype=torch.long, device=device),
+                )
+            )
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
@@ -390,12 +464,22 @@ class PlasticResNet(nn.Module):
             trunk = self.trunk[j - 1](nodes[j - 1])
             branches = [self.paths[key](nodes[i]) for key, i in plan.sources]
             # probed paths join with gate 0: computed (their c reaches the scores), function unchanged
-            gates = ([self.paths[key].gate for key, _ in plan.sources[:plan.num_active]]
-                     + [trunk.new_zeros((), dtype=torch.float32)] * (len(plan.sources) - plan.num_active))
+            gates = [self.paths[key].gate for key, _ in plan.sources[: plan.num_active]] + [
+                trunk.new_zeros((), dtype=torch.float32)
+            ] * (len(plan.sources) - plan.num_active)
             gates = torch.stack(gates) if gates else trunk.new_zeros(0, dtype=torch.float32)
-            nodes.append(residual_aggregate(trunk, branches, gates, torch.ones_like(gates),
-                                            activation=self.join_activation, backend=self.backend,
-                                            scores=self.scores[j - 1], slots=plan.slots))
+            nodes.append(
+                residual_aggregate(
+                    trunk,
+                    branches,
+                    gates,
+                    torch.ones_like(gates),
+                    activation=self.join_activation,
+                    backend=self.backend,
+                    scores=self.scores[j - 1],
+                    slots=plan.slots,
+                )
+            )
         return self.fc(torch.flatten(self.avgpool(nodes[-1]), 1))
 
     # ---- parameters and statistics ----
@@ -451,13 +535,17 @@ class PlasticResNet(nn.Module):
 
     def topology(self) -> str:
         """A readable summary: nodes per stage and the active paths with their gates."""
-        lines = [f"PlasticResNet({self.arch}, {self.body_kind} bodies): {self.num_nodes + 1} nodes, "
-                 f"{len(self.active_paths())} of {len(self._candidates)} candidate paths active (budget {self.budget})"]
+        lines = [
+            f"PlasticResNet({self.arch}, {self.body_kind} bodies): {self.num_nodes + 1} nodes, "
+            f"{len(self.active_paths())} of {len(self._candidates)} candidate paths active (budget {self.budget})"
+        ]
         stages = sorted(set(self.node_stage[1:]))
         for s in stages:
             nodes = [j for j in range(1, self.num_nodes + 1) if self.node_stage[j] == s]
-            lines.append(f"  stage {s}: nodes {nodes[0]}..{nodes[-1]} ({len(nodes)}), {self.node_channels[nodes[0]]} "
-                         f"channels, entered with stride {self.trunk_strides[nodes[0] - 1]}")
+            lines.append(
+                f"  stage {s}: nodes {nodes[0]}..{nodes[-1]} ({len(nodes)}), {self.node_channels[nodes[0]]} "
+                f"channels, entered with stride {self.trunk_strides[nodes[0] - 1]}"
+            )
         gates = self.gates()
         lines.append("  active paths (i -> j: gate):")
         lines += [f"    {i:3d} -> {j:3d}: {g.item():+.4f}" for (i, j), g in gates.items()]

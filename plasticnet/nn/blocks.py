@@ -1,5 +1,6 @@
 """Drop-in twins of torchvision's BasicBlock and Bottleneck whose residual join
 `relu(body(x) + identity)` runs through the fused residual_aggregate kernel."""
+
 import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
@@ -28,8 +29,9 @@ class _FusedJoin(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        return residual_aggregate(identity, [self._body(x)], self.join_gates, self.join_mask,
-                                  activation="relu", backend=self.backend)
+        return residual_aggregate(
+            identity, [self._body(x)], self.join_gates, self.join_mask, activation="relu", backend=self.backend
+        )
 
 
 class FusedBasicBlock(_FusedJoin, BasicBlock):

@@ -1,4 +1,5 @@
 """fuse(): swap, in place, the residual blocks of a torchvision ResNet for their fused twins."""
+
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
@@ -28,13 +29,20 @@ def fuse(model: nn.Module, *, backend: str | None = None) -> nn.Module:
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     blocks = [(name, m) for name, m in model.named_modules() if isinstance(m, (BasicBlock, Bottleneck))]
     if not blocks:
-        raise TypeError(f"model: expected a torchvision ResNet-family model (with torchvision.models.resnet "
-                        f"BasicBlock or Bottleneck blocks), got a {type(model).__name__} with none")
-    unknown = [f"{name or '<model>'} ({type(m).__qualname__})" for name, m in blocks
-               if type(m) not in _FUSED_TWIN and not isinstance(m, (FusedBasicBlock, FusedBottleneck))]
+        raise TypeError(
+            f"model: expected a torchvision ResNet-family model (with torchvision.models.resnet "
+            f"BasicBlock or Bottleneck blocks), got a {type(model).__name__} with none"
+        )
+    unknown = [
+        f"{name or '<model>'} ({type(m).__qualname__})"
+        for name, m in blocks
+        if type(m) not in _FUSED_TWIN and not isinstance(m, (FusedBasicBlock, FusedBottleneck))
+    ]
     if unknown:
-        raise ValueError(f"model: cannot fuse these blocks, which are neither torchvision's BasicBlock/Bottleneck "
-                         f"nor fused blocks: {', '.join(unknown)}")
+        raise ValueError(
+            f"model: cannot fuse these blocks, which are neither torchvision's BasicBlock/Bottleneck "
+            f"nor fused blocks: {', '.join(unknown)}"
+        )
     for _, block in blocks:
         twin = _FUSED_TWIN.get(type(block))
         if twin is not None:

@@ -1,4 +1,5 @@
 """plasticize: a torchvision ResNet as a PlasticResNet that reuses its modules."""
+
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -10,8 +11,22 @@ from plasticnet.models.plastic_resnet import PlasticResNet
 from plasticnet.nn.blocks import FusedBasicBlock, FusedBottleneck
 
 # PlasticResNet options that plasticize reads off the model instead of taking them
-_DERIVED = ("arch", "num_classes", "body", "nodes_per_stage", "stage_widths", "stage_strides", "stem_width",
-            "groups", "width_per_group", "norm_layer", "base_width", "stem", "stem_pool_stride", "projection")
+_DERIVED = (
+    "arch",
+    "num_classes",
+    "body",
+    "nodes_per_stage",
+    "stage_widths",
+    "stage_strides",
+    "stem_width",
+    "groups",
+    "width_per_group",
+    "norm_layer",
+    "base_width",
+    "stem",
+    "stem_pool_stride",
+    "projection",
+)
 
 
 # Blocks whose function is known to be relu(body(x) + identity): a subclass may compute something
@@ -23,13 +38,20 @@ def _blocks(model: ResNet) -> list[Sequence[nn.Module]]:
     stages = [list(getattr(model, f"layer{s}")) for s in range(1, 5)]
     kinds = {type(b) for stage in stages for b in stage if not isinstance(b, (BasicBlock, Bottleneck))}
     if kinds:
-        raise TypeError(f"model: expected torchvision BasicBlock or Bottleneck blocks, got "
-                        f"{sorted(k.__name__ for k in kinds)}")
-    unknown = [f"layer{s}.{b} ({type(block).__qualname__})" for s, stage in enumerate(stages, start=1)
-               for b, block in enumerate(stage) if type(block) not in _KNOWN_BLOCKS]
+        raise TypeError(
+            f"model: expected torchvision BasicBlock or Bottleneck blocks, got {sorted(k.__name__ for k in kinds)}"
+        )
+    unknown = [
+        f"layer{s}.{b} ({type(block).__qualname__})"
+        for s, stage in enumerate(stages, start=1)
+        for b, block in enumerate(stage)
+        if type(block) not in _KNOWN_BLOCKS
+    ]
     if unknown:
-        raise ValueError(f"model: cannot plasticize these blocks, which are neither torchvision's "
-                         f"BasicBlock/Bottleneck nor fused blocks: {', '.join(unknown)}")
+        raise ValueError(
+            f"model: cannot plasticize these blocks, which are neither torchvision's "
+            f"BasicBlock/Bottleneck nor fused blocks: {', '.join(unknown)}"
+        )
     if len({isinstance(b, Bottleneck) for stage in stages for b in stage}) != 1:
         raise TypeError("model: expected one block kind throughout, got both BasicBlock and Bottleneck")
     return stages
@@ -41,8 +63,9 @@ def _body_of(block: nn.Module) -> nn.Sequential:
     return residual_body([(getattr(block, f"conv{n}"), getattr(block, f"bn{n}")) for n in range(1, count + 1)])
 
 
-def plasticize(model: nn.Module, *, max_span: int = 3, budget: int | None = None, init: str = "resnet",
-               **options) -> PlasticResNet:
+def plasticize(
+    model: nn.Module, *, max_span: int = 3, budget: int | None = None, init: str = "resnet", **options
+) -> PlasticResNet:
     """A PlasticResNet over a torchvision ResNet (resnet18..152, wide_resnet, resnext, or one
     built from torchvision's ResNet class with any stem and head).
 
@@ -54,31 +77,43 @@ def plasticize(model: nn.Module, *, max_span: int = 3, budget: int | None = None
     layout options are read off the model.
     """
     if not isinstance(model, ResNet):
-        raise TypeError(f"model: expected a torchvision.models.ResNet (resnet18..152, wide_resnet, resnext), "
-                        f"got {type(model).__name__}")
-    overridden = [name for name in ("forward", "_forward_impl")
-                  if getattr(type(model), name) is not getattr(ResNet, name)]
+        raise TypeError(
+            f"model: expected a torchvision.models.ResNet (resnet18..152, wide_resnet, resnext), "
+            f"got {type(model).__name__}"
+        )
+    overridden = [
+        name for name in ("forward", "_forward_impl") if getattr(type(model), name) is not getattr(ResNet, name)
+    ]
     if overridden:
-        raise ValueError(f"model: {type(model).__qualname__} overrides ResNet.{', ResNet.'.join(overridden)}; "
-                         "plasticize rebuilds torchvision's forward, which would silently change its function")
+        raise ValueError(
+            f"model: {type(model).__qualname__} overrides ResNet.{', ResNet.'.join(overridden)}; "
+            "plasticize rebuilds torchvision's forward, which would silently change its function"
+        )
     derived = sorted(set(options) & set(_DERIVED))
     if derived:
         raise TypeError(f"plasticize: {derived} are read off the model and cannot be given")
     if model.dilation != 1:
-        raise ValueError("model: dilated ResNets (replace_stride_with_dilation) are not supported: a path "
-                         "would need the dilation of every block it crosses")
+        raise ValueError(
+            "model: dilated ResNets (replace_stride_with_dilation) are not supported: a path "
+            "would need the dilation of every block it crosses"
+        )
     stages = _blocks(model)
     is_bottleneck = isinstance(stages[0][0], Bottleneck)
     plastic = PlasticResNet(
         "resnet50" if is_bottleneck else "resnet18",
         num_classes=1,  # the model's own head replaces the one built here
-        init=init, budget=budget, max_span=max_span,
+        init=init,
+        budget=budget,
+        max_span=max_span,
         nodes_per_stage=[len(stage) for stage in stages],
         stage_widths=[(stage[0].bn3 if is_bottleneck else stage[0].bn2).num_features for stage in stages],
         stage_strides=[stage[0].stride for stage in stages],
         stem_width=stages[0][0].conv1.in_channels,
-        groups=model.groups, width_per_group=model.base_width,
-        norm_layer=getattr(model, "_norm_layer", nn.BatchNorm2d), **options)
+        groups=model.groups,
+        width_per_group=model.base_width,
+        norm_layer=getattr(model, "_norm_layer", nn.BatchNorm2d),
+        **options,
+    )
     plastic.stem = nn.Sequential(OrderedDict(conv1=model.conv1, bn1=model.bn1, relu=model.relu, maxpool=model.maxpool))
     for j, block in enumerate((b for stage in stages for b in stage), start=1):
         plastic.trunk[j - 1] = block.downsample if block.downsample is not None else nn.Identity()

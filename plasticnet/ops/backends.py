@@ -1,4 +1,5 @@
 """Which residual_aggregate backends exist on a device, and which one `backend=None` picks."""
+
 import importlib.util
 import os
 
@@ -43,7 +44,10 @@ def _unavailable(backend: str, device_type: str) -> str | None:
         if not _triton_importable():
             return "triton is not installed"
         if not (device_type == "cuda" or (device_type == "cpu" and triton_interpreted())):
-            return f"the triton backend takes CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got {device_type} tensors"
+            return (
+                "the triton backend takes CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), "
+                f"got {device_type} tensors"
+            )
         dispatch_key = "CUDA" if device_type == "cuda" else "CPU"
         if not torch._C._dispatch_has_kernel_for_dispatch_key("plasticnet::residual_aggregate_triton", dispatch_key):
             return f"no Triton kernel is registered for {device_type} tensors"
@@ -66,6 +70,7 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
         raise ValueError(f"backend: expected None or one of {list(BACKENDS)}, got {backend!r}")
     reason = _unavailable(backend, device.type)
     if reason is not None:
-        raise ValueError(f"backend {backend!r} is unavailable ({reason}); available on {device.type}: "
-                         f"{available_backends(device)}")
+        raise ValueError(
+            f"backend {backend!r} is unavailable ({reason}); available on {device.type}: {available_backends(device)}"
+        )
     return backend

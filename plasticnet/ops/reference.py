@@ -1,5 +1,6 @@
 """Plain-PyTorch residual aggregation: the numerical oracle every backend is tested against,
 and the `reference` backend (autograd by PyTorch itself)."""
+
 import torch
 
 

@@ -1,5 +1,6 @@
 """The public residual_aggregate: argument checks, backend dispatch, and the autograd and
 fake (meta) registrations of the compiled ops declared in csrc/plasticnet.cpp."""
+
 from collections.abc import Sequence
 
 import torch
@@ -46,9 +47,17 @@ def check_inputs(x, branches, gates, mask, activation, x_name: str = "x") -> Non
         raise ValueError(f"activation: expected one of {list(ACTIVATIONS)}, got {activation!r}")
 
 
-def residual_aggregate(x: torch.Tensor, branches: Sequence[torch.Tensor], gates: torch.Tensor,
-                       mask: torch.Tensor, *, activation: str = "relu", backend: str | None = None,
-                       scores=None, slots: torch.Tensor | None = None) -> torch.Tensor:
+def residual_aggregate(
+    x: torch.Tensor,
+    branches: Sequence[torch.Tensor],
+    gates: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    activation: str = "relu",
+    backend: str | None = None,
+    scores=None,
+    slots: torch.Tensor | None = None,
+) -> torch.Tensor:
     """y = act(x + sum_k mask[k] * gates[k] * branches[k]), in one fused pass forward and backward.
 
     x and every branch share shape, dtype (fp32, bf16, fp16, fp64) and device; any layout.
@@ -69,11 +78,16 @@ def residual_aggregate(x: torch.Tensor, branches: Sequence[torch.Tensor], gates:
         gates = scores.tap(gates, slots)
     if backend == "reference":
         return residual_aggregate_reference(x, branches, gates, mask, activation)
-    op = torch.ops.plasticnet.residual_aggregate_triton if backend == "triton" else torch.ops.plasticnet.residual_aggregate
+    op = (
+        torch.ops.plasticnet.residual_aggregate_triton
+        if backend == "triton"
+        else torch.ops.plasticnet.residual_aggregate
+    )
     return op(x, branches, gates, mask, activation)
 
 
 # ---- registrations on the compiled ops (shared by the C++/CUDA and the Triton family) ----
+
 
 def _fake_forward(x, branches, gates, mask, activation):
     # Meta outranks CPU in dispatch, so an op called directly with one meta operand lands here:
@@ -87,8 +101,11 @@ def _fake_forward(x, branches, gates, mask, activation):
 def _fake_backward(grad_out, out, branches, gates, mask, activation):
     check_inputs(out, branches, gates, mask, activation, x_name="out")
     check_like("grad_out", grad_out, "out", out)
-    return (torch.empty_like(out), [torch.empty_like(out) for _ in branches],
-            out.new_empty((len(branches),), dtype=accumulate_dtype(out.dtype)))
+    return (
+        torch.empty_like(out),
+        [torch.empty_like(out) for _ in branches],
+        out.new_empty((len(branches),), dtype=accumulate_dtype(out.dtype)),
+    )
 
 
 def _setup_context(ctx, inputs, output):
@@ -104,6 +121,7 @@ def _make_backward(backward_op):
         grad_gates = (mask.to(contributions.dtype) * contributions).to(gates.dtype)
         grad_mask = (gates.to(contributions.dtype) * contributions).to(mask.dtype)
         return grad_x, list(grad_branches), grad_gates, grad_mask, None
+
     return backward
 
 
@@ -112,5 +130,8 @@ if _extension.loaded:
         _backward_name = f"plasticnet::{_name}_backward"
         torch.library.register_fake(f"plasticnet::{_name}")(_fake_forward)
         torch.library.register_fake(_backward_name)(_fake_backward)
-        torch.library.register_autograd(f"plasticnet::{_name}", _make_backward(getattr(torch.ops.plasticnet, f"{_name}_backward")),
-                                        setup_context=_setup_context)
+        torch.library.register_autograd(
+            f"plasticnet::{_name}",
+            _make_backward(getattr(torch.ops.plasticnet, f"{_name}_backward")),
+            setup_context=_setup_context,
+        )

@@ -14,6 +14,7 @@ MAX_BRANCHES_PER_PASS branches; more are chained in passes of that many, each fu
 costing one more read and write of N elements in the forward (which carries the running sum in
 the accumulation dtype) and one more read in the backward (which re-reads dz from grad_x).
 """
+
 import contextlib
 
 import torch
@@ -29,8 +30,11 @@ MAX_BRANCHES_PER_PASS = 8
 
 # The interpreter runs each program in numpy: one small block keeps CPU tests fast and still
 # spreads odd test shapes over several programs (and a ragged last block).
-_FORWARD_CONFIGS = ([triton.Config({"BLOCK": 256})] if triton_interpreted() else
-                    [triton.Config({"BLOCK": block}, num_warps=warps) for block in (1024, 2048, 4096) for warps in (4, 8)])
+_FORWARD_CONFIGS = (
+    [triton.Config({"BLOCK": 256})]
+    if triton_interpreted()
+    else [triton.Config({"BLOCK": block}, num_warps=warps) for block in (1024, 2048, 4096) for warps in (4, 8)]
+)
 # The backward is not autotuned: its block and warp count fix how the contributions are summed
 # (one partial per program, each a tl.sum whose tree follows the layout), and a choice made by
 # timing could differ between processes and so change their bits. A fixed configuration also
@@ -43,8 +47,16 @@ _BACKWARD_WARPS = 8
 
 @triton.autotune(configs=_FORWARD_CONFIGS, key=["n_elements", "NUM_BRANCHES"])
 @triton.jit
-def _aggregate_forward_kernel(out_ptr, x_ptr, branch_ptrs, scales_ptr, n_elements,
-                              NUM_BRANCHES: tl.constexpr, RELU: tl.constexpr, BLOCK: tl.constexpr):
+def _aggregate_forward_kernel(
+    out_ptr,
+    x_ptr,
+    branch_ptrs,
+    scales_ptr,
+    n_elements,
+    NUM_BRANCHES: tl.constexpr,
+    RELU: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     in_bounds = offsets < n_elements
     # The scales are stored in the accumulation dtype (fp32, fp64 for fp64 inputs).
@@ -58,9 +70,20 @@ def _aggregate_forward_kernel(out_ptr, x_ptr, branch_ptrs, scales_ptr, n_element
 
 
 @triton.jit
-def _aggregate_backward_kernel(grad_x_ptr, grad_branch_ptrs, partials_ptr, grad_out_ptr, out_ptr,
-                               branch_ptrs, scales_ptr, n_elements, partials_row_stride,
-                               NUM_BRANCHES: tl.constexpr, RELU: tl.constexpr, BLOCK: tl.constexpr):
+def _aggregate_backward_kernel(
+    grad_x_ptr,
+    grad_branch_ptrs,
+    partials_ptr,
+    grad_out_ptr,
+    out_ptr,
+    branch_ptrs,
+    scales_ptr,
+    n_elements,
+    partials_row_stride,
+    NUM_BRANCHES: tl.constexpr,
+    RELU: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     pid = tl.program_id(0)
     offsets = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     in_bounds = offsets < n_elements
@@ -106,8 +129,9 @@ def _passes(num_branches: int) -> list[slice]:
     return [slice(start, start + MAX_BRANCHES_PER_PASS) for start in starts]
 
 
-def residual_aggregate_triton(x: torch.Tensor, branches: list[torch.Tensor], gates: torch.Tensor,
-                              mask: torch.Tensor, activation: str) -> torch.Tensor:
+def residual_aggregate_triton(
+    x: torch.Tensor, branches: list[torch.Tensor], gates: torch.Tensor, mask: torch.Tensor, activation: str
+) -> torch.Tensor:
     """y = act(x + sum_k mask[k]*gates[k]*branches[k]) by the Triton forward kernel."""
     check_inputs(x, branches, gates, mask, activation)
     # empty_like keeps x's strides when x is dense, else picks the layout x suggests: the layout
@@ -127,14 +151,27 @@ def residual_aggregate_triton(x: torch.Tensor, branches: list[torch.Tensor], gat
             last = i == len(passes) - 1
             # Between chained passes the running sum stays in the accumulation dtype.
             target = out if last else torch.empty_like(x, dtype=scales.dtype)
-            _aggregate_forward_kernel[grid](target, running, tuple(branches[slots]), scales[slots], n_elements,
-                                            NUM_BRANCHES=len(branches[slots]), RELU=last and activation == "relu")
+            _aggregate_forward_kernel[grid](
+                target,
+                running,
+                tuple(branches[slots]),
+                scales[slots],
+                n_elements,
+                NUM_BRANCHES=len(branches[slots]),
+                RELU=last and activation == "relu",
+            )
             running = target
     return out
 
 
-def residual_aggregate_triton_backward(grad_out: torch.Tensor, out: torch.Tensor, branches: list[torch.Tensor],
-                                       gates: torch.Tensor, mask: torch.Tensor, activation: str):
+def residual_aggregate_triton_backward(
+    grad_out: torch.Tensor,
+    out: torch.Tensor,
+    branches: list[torch.Tensor],
+    gates: torch.Tensor,
+    mask: torch.Tensor,
+    activation: str,
+):
     """(grad_x, grad_branches, contributions) by the Triton backward kernel.
 
     With dz = grad_out * act'(out): grad_x = dz, grad_branches[k] = mask[k]*gates[k]*dz and
@@ -159,10 +196,20 @@ def residual_aggregate_triton_backward(grad_out: torch.Tensor, out: torch.Tensor
                 # grad_x holds dz exactly (masking grad_out never rounds), so later passes read it
                 # as their incoming gradient, with the activation already applied.
                 _aggregate_backward_kernel[(num_programs,)](
-                    grad_x if first else None, tuple(grad_branches[slots]), partials[slots],
-                    grad_out if first else grad_x, out, tuple(branches[slots]), scales[slots], n_elements,
-                    partials.stride(0), NUM_BRANCHES=len(branches[slots]), RELU=first and activation == "relu",
-                    BLOCK=_BACKWARD_BLOCK, num_warps=_BACKWARD_WARPS)
+                    grad_x if first else None,
+                    tuple(grad_branches[slots]),
+                    partials[slots],
+                    grad_out if first else grad_x,
+                    out,
+                    tuple(branches[slots]),
+                    scales[slots],
+                    n_elements,
+                    partials.stride(0),
+                    NUM_BRANCHES=len(branches[slots]),
+                    RELU=first and activation == "relu",
+                    BLOCK=_BACKWARD_BLOCK,
+                    num_warps=_BACKWARD_WARPS,
+                )
     # Stage two: a plain row sum over a buffer whose shape depends only on N and K, so the same
     # inputs give the same bits on every call, in every process.
     return grad_x, grad_branches, partials.sum(dim=1)

@@ -8,6 +8,7 @@ interpreter. The ops are opaque to torch.compile, which calls these implementati
 Without triton, or without the compiled extension that declares the ops, nothing is registered
 and plasticnet.ops.backends reports the triton backend as unavailable.
 """
+
 import importlib.util
 
 import torch
@@ -24,5 +25,6 @@ if _extension.loaded and importlib.util.find_spec("triton") is not None:
     _library = torch.library.Library("plasticnet", "IMPL")
     for _dispatch_key in ("CUDA", "CPU") if triton_interpreted() else ("CUDA",):
         _library.impl("residual_aggregate_triton", triton_kernels.residual_aggregate_triton, _dispatch_key)
-        _library.impl("residual_aggregate_triton_backward", triton_kernels.residual_aggregate_triton_backward,
-                      _dispatch_key)
+        _library.impl(
+            "residual_aggregate_triton_backward", triton_kernels.residual_aggregate_triton_backward, _dispatch_key
+        )

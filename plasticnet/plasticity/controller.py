@@ -5,18 +5,39 @@ The model is anything with the PlasticResNet API (active_paths, candidate_paths,
 gates, path, set_active, reinitialize_path, path_statistics, reset_path_statistics,
 probing); under DistributedDataParallel pass the wrapped module, not the wrapper.
 """
+
 import math
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.distributed as dist
 
-from plasticnet.plasticity.criteria import (DROP_CRITERIA, DROP_SCORES, GROW_CRITERIA, Path, Scored, below,
-                                            probe_contributions, random_keys, strongest, weakest)
+from plasticnet.plasticity.criteria import (
+    DROP_CRITERIA,
+    DROP_SCORES,
+    GROW_CRITERIA,
+    Path,
+    Scored,
+    below,
+    probe_contributions,
+    random_keys,
+    strongest,
+    weakest,
+)
 from plasticnet.plasticity.schedules import RewireSchedule
 
-_MODEL_API = ("active_paths", "candidate_paths", "budget", "gates", "path", "set_active", "reinitialize_path",
-              "path_statistics", "reset_path_statistics", "probing")
+_MODEL_API = (
+    "active_paths",
+    "candidate_paths",
+    "budget",
+    "gates",
+    "path",
+    "set_active",
+    "reinitialize_path",
+    "path_statistics",
+    "reset_path_statistics",
+    "probing",
+)
 _DEFAULT_THRESHOLD = 0.5
 
 
@@ -36,6 +57,7 @@ class RewireEvent:
     def from_dict(cls, state: dict) -> "RewireEvent":
         def scored(items):
             return [((int(path[0]), int(path[1])), float(score)) for path, score in items]
+
         return cls(int(state["step"]), scored(state["dropped"]), scored(state["grown"]))
 
 
@@ -59,8 +81,10 @@ def _verify_same_topology(active: list[Path], when: str) -> None:
     reference = set(everyone[0])
     differing = {rank: topology for rank, topology in enumerate(everyone) if set(topology) != reference}
     if differing:
-        details = "; ".join(f"rank {rank} lacks {sorted(reference - set(topology))} and has "
-                            f"{sorted(set(topology) - reference)}" for rank, topology in differing.items())
+        details = "; ".join(
+            f"rank {rank} lacks {sorted(reference - set(topology))} and has {sorted(set(topology) - reference)}"
+            for rank, topology in differing.items()
+        )
         raise RuntimeError(f"ranks {sorted(differing)} hold different active paths than rank 0 {when}: {details}")
 
 
@@ -97,13 +121,26 @@ class PlasticityController:
     parameters, inactive ones included (ValueError otherwise): a grown path must train.
     """
 
-    def __init__(self, model, optimizer: torch.optim.Optimizer, *, drop: str = "taylor", grow: str = "probe",
-                 fraction: float = 0.3, interval: int = 100, total_steps: int, end_fraction: float = 0.75,
-                 seed: int = 0, threshold: float | None = None, drop_count: str | int = "fraction"):
+    def __init__(
+        self,
+        model,
+        optimizer: torch.optim.Optimizer,
+        *,
+        drop: str = "taylor",
+        grow: str = "probe",
+        fraction: float = 0.3,
+        interval: int = 100,
+        total_steps: int,
+        end_fraction: float = 0.75,
+        seed: int = 0,
+        threshold: float | None = None,
+        drop_count: str | int = "fraction",
+    ):
         missing = [name for name in _MODEL_API if not hasattr(model, name)]
         if missing:
-            raise TypeError(f"model: expected a plastic network (PlasticResNet API), got {type(model).__name__} "
-                            f"lacking {missing}")
+            raise TypeError(
+                f"model: expected a plastic network (PlasticResNet API), got {type(model).__name__} lacking {missing}"
+            )
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if drop not in DROP_CRITERIA:
@@ -113,23 +150,32 @@ class PlasticityController:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
         if threshold is not None and drop != "threshold":
-            raise ValueError(f"threshold: only drop='threshold' uses it, got threshold={threshold!r} with drop={drop!r}")
+            raise ValueError(
+                f"threshold: only drop='threshold' uses it, got threshold={threshold!r} with drop={drop!r}"
+            )
         if threshold is not None and not _positive_number(threshold):
             raise ValueError(f"threshold: expected a positive number, got {threshold!r}")
         if drop_count != "fraction":
             if isinstance(drop_count, bool) or not isinstance(drop_count, int) or drop_count < 1:
                 raise ValueError(f"drop_count: expected 'fraction' or a positive int, got {drop_count!r}")
             if drop == "threshold":
-                raise ValueError(f"drop_count: drop='threshold' drops every path below the threshold, "
-                                 f"so it takes no drop_count (got {drop_count!r})")
+                raise ValueError(
+                    f"drop_count: drop='threshold' drops every path below the threshold, "
+                    f"so it takes no drop_count (got {drop_count!r})"
+                )
         held = {param for group in optimizer.param_groups for param in group["params"]}
-        unheld = [path for path in model.candidate_paths()
-                  if any(param not in held for param in model.path(*path).parameters())]
+        unheld = [
+            path
+            for path in model.candidate_paths()
+            if any(param not in held for param in model.path(*path).parameters())
+        ]
         if unheld:
-            raise ValueError(f"optimizer: expected to hold the parameters of every candidate path, but not those "
-                             f"of {len(unheld)} paths, e.g. {unheld[:3]}: build it from model.parameters(), not "
-                             "only those that require grad (an inactive path is frozen until it grows, then it "
-                             "must train)")
+            raise ValueError(
+                f"optimizer: expected to hold the parameters of every candidate path, but not those "
+                f"of {len(unheld)} paths, e.g. {unheld[:3]}: build it from model.parameters(), not "
+                "only those that require grad (an inactive path is frozen until it grows, then it "
+                "must train)"
+            )
         self.model = model
         self.optimizer = optimizer
         self.drop = drop
@@ -152,8 +198,10 @@ class PlasticityController:
         if not self.schedule.is_rewire_step(self.step_count):
             return None
         if self.grow == "probe" and probe is None:
-            raise ValueError(f"probe: grow='probe' needs step(probe=closure) on rewire steps (step {self.step_count} "
-                             "is one), where closure() computes the loss on one batch and calls backward()")
+            raise ValueError(
+                f"probe: grow='probe' needs step(probe=closure) on rewire steps (step {self.step_count} "
+                "is one), where closure() computes the loss on one batch and calls backward()"
+            )
         event = self._rewire(probe)
         self.history.append(event)
         return event
@@ -163,7 +211,7 @@ class PlasticityController:
         _verify_same_topology(active, f"before the rewire at step {self.step_count}")
         growable = sorted(set(self.model.candidate_paths()) - set(active))
         droppable = [path for path in active if path not in self._protected]
-        dropped = self._choose_drops(droppable)[:len(growable)]
+        dropped = self._choose_drops(droppable)[: len(growable)]
         grown = self._choose_grows(growable, len(dropped), probe) if dropped else []
         self._apply(active, [path for path, _ in dropped], [path for path, _ in grown])
         _verify_same_topology(self.model.active_paths(), f"after the rewire at step {self.step_count}")
@@ -175,8 +223,11 @@ class PlasticityController:
         scored = self._scored(droppable, DROP_SCORES[self.drop](self.model, droppable))
         if self.drop == "threshold":
             return below(scored, self.threshold)
-        count = (self.schedule.drop_count(self.step_count, self.model.budget) if self.drop_count == "fraction"
-                 else self.drop_count)
+        count = (
+            self.schedule.drop_count(self.step_count, self.model.budget)
+            if self.drop_count == "fraction"
+            else self.drop_count
+        )
         return weakest(scored, count)
 
     def _choose_grows(self, growable: list[Path], count: int, probe) -> Scored:
@@ -192,8 +243,10 @@ class PlasticityController:
         values = _average_across_ranks(scores).tolist()  # the one host synchronisation of a decision
         non_finite = [path for path, value in zip(paths, values) if not math.isfinite(value)]
         if non_finite:
-            raise RuntimeError(f"non-finite scores for paths {non_finite} at step {self.step_count}: "
-                               "the training has diverged, or the model's statistics are corrupt")
+            raise RuntimeError(
+                f"non-finite scores for paths {non_finite} at step {self.step_count}: "
+                "the training has diverged, or the model's statistics are corrupt"
+            )
         return list(zip(paths, values))
 
     def _apply(self, active: list[Path], dropped: list[Path], grown: list[Path]) -> None:
@@ -221,8 +274,12 @@ class PlasticityController:
 
     def state_dict(self) -> dict:
         """Plain Python values and one tensor: loads with torch.load(weights_only=True)."""
-        return {"step_count": self.step_count, "generator": self._generator.get_state(),
-                "protected": sorted(self._protected), "history": [asdict(event) for event in self.history]}
+        return {
+            "step_count": self.step_count,
+            "generator": self._generator.get_state(),
+            "protected": sorted(self._protected),
+            "history": [asdict(event) for event in self.history],
+        }
 
     def load_state_dict(self, state: dict) -> None:
         missing = {"step_count", "generator", "protected", "history"} - set(state)

@@ -6,6 +6,7 @@ path_statistics(), candidate_paths(), probing()) and the paths to score, and ret
 float32 tensor aligned with those paths. Drop scores: lower is weaker. Grow scores: higher
 is stronger.
 """
+
 from collections.abc import Callable, Sequence
 
 import torch
@@ -36,7 +37,8 @@ def gradient_magnitudes(model, paths: Sequence[Path]) -> torch.Tensor:
         if not params or any(p.grad is None for p in params):
             raise RuntimeError(
                 f"drop='gradient': path {path} has no gradient to read; call controller.step() after "
-                "optimizer.step() and before optimizer.zero_grad()")
+                "optimizer.step() and before optimizer.zero_grad()"
+            )
         sums.append(torch.stack([p.grad.detach().abs().sum(dtype=torch.float32) for p in params]).sum())
     return torch.stack(sums)
 
@@ -67,8 +69,10 @@ def probe_contributions(model, paths: Sequence[Path], closure: Callable[[], obje
         closure()
     model.zero_grad(set_to_none=True)
     if not bool((path_statistic(model, "updates", paths) > updates_before).all()):
-        raise RuntimeError("probe: the closure must compute the loss on one batch and call backward() on it; "
-                           "the probed paths received no contribution")
+        raise RuntimeError(
+            "probe: the closure must compute the loss on one batch and call backward() on it; "
+            "the probed paths received no contribution"
+        )
     return path_statistic(model, "last", paths).abs()
 
 

@@ -1,4 +1,5 @@
 """When to rewire and how much: RigL's cosine-decayed drop fraction (Evci et al., 2020)."""
+
 import math
 from dataclasses import dataclass
 
@@ -23,15 +24,21 @@ class RewireSchedule:
     end_fraction: float
 
     def __post_init__(self) -> None:
-        if isinstance(self.fraction, bool) or not isinstance(self.fraction, (int, float)) \
-                or not 0.0 < self.fraction <= 1.0:
+        if (
+            isinstance(self.fraction, bool)
+            or not isinstance(self.fraction, (int, float))
+            or not 0.0 < self.fraction <= 1.0
+        ):
             raise ValueError(f"fraction: expected a number in (0, 1], got {self.fraction!r}")
         for name in ("interval", "total_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
-        if isinstance(self.end_fraction, bool) or not isinstance(self.end_fraction, (int, float)) \
-                or not 0.0 < self.end_fraction <= 1.0:
+        if (
+            isinstance(self.end_fraction, bool)
+            or not isinstance(self.end_fraction, (int, float))
+            or not 0.0 < self.end_fraction <= 1.0
+        ):
             raise ValueError(f"end_fraction: expected a number in (0, 1], got {self.end_fraction!r}")
 
     @property

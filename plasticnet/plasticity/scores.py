@@ -9,6 +9,7 @@ hook on t folds them into the running statistics, one small vectorised update pe
 no Python loop over slots, and identical for every backend, since every backend returns
 the same grad gates.
 """
+
 import torch
 from torch import nn
 
@@ -55,8 +56,10 @@ class PathScores(nn.Module):
         """gates, unchanged in value, wired so that this site's backward reaches the scores."""
         t = self._tap if slots is None else self._tap[:, slots]
         if t.shape[1] != gates.shape[0]:
-            raise ValueError(f"slots: expected one slot per gate ({gates.shape[0]}), got {t.shape[1]} "
-                             f"(this PathScores has {self.num_slots} slots)")
+            raise ValueError(
+                f"slots: expected one slot per gate ({gates.shape[0]}), got {t.shape[1]} "
+                f"(this PathScores has {self.num_slots} slots)"
+            )
         return gates * (1 + t[0]) + t[1]
 
     def set_computed(self, slots) -> None:

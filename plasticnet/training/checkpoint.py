@@ -3,6 +3,7 @@
 A checkpoint is a dict of tensors and plain Python values only (state_dicts, RNG states), so
 `torch.load(weights_only=True)` reads it without unpickling arbitrary code.
 """
+
 import os
 import tempfile
 
@@ -53,14 +54,16 @@ def load_checkpoint(path: str, map_location=None) -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises many types for a damaged file (pickle, zip, unpickler errors)
-        raise CheckpointError(f"checkpoint {path} is unreadable: corrupt, not a torch file, or holding objects "
-                              f"that torch.load(weights_only=True) refuses ({_essence(error)})") from None
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable: corrupt, not a torch file, or holding objects "
+            f"that torch.load(weights_only=True) refuses ({_essence(error)})"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint {path} was not written by `plasticnet train` "
-                              f"(expected format {FORMAT!r})")
+        raise CheckpointError(f"checkpoint {path} was not written by `plasticnet train` (expected format {FORMAT!r})")
     if state.get("version") != VERSION:
-        raise CheckpointError(f"checkpoint {path} has format version {state.get('version')}; this plasticnet "
-                              f"reads version {VERSION}")
+        raise CheckpointError(
+            f"checkpoint {path} has format version {state.get('version')}; this plasticnet reads version {VERSION}"
+        )
     return state
 
 

@@ -1,4 +1,5 @@
 """`plasticnet train`: options, recipes, resume, and one-line errors instead of tracebacks."""
+
 import argparse
 import os
 import sys
@@ -58,14 +59,25 @@ def _drop_count(text: str) -> str | int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     def option(*flags, **kwargs):
-        parser.add_argument(*flags, action=_Switch if kwargs.get("type") is bool else _Store,
-                            **{k: v for k, v in kwargs.items() if k != "type" or v is not bool})
+        parser.add_argument(
+            *flags,
+            action=_Switch if kwargs.get("type") is bool else _Store,
+            **{k: v for k, v in kwargs.items() if k != "type" or v is not bool},
+        )
 
     parser.set_defaults(**{EXPLICIT: frozenset()})
-    option("--recipe", choices=sorted(RECIPES), default=None,
-           help="a named set of options (see docs/reproducing-plasticnet.md); explicit flags win over it")
-    option("--model", choices=MODELS, default="plastic-resnet18",
-           help="plastic-* rewires its residual paths; resnet* are static torchvision-layout baselines")
+    option(
+        "--recipe",
+        choices=sorted(RECIPES),
+        default=None,
+        help="a named set of options (see docs/reproducing-plasticnet.md); explicit flags win over it",
+    )
+    option(
+        "--model",
+        choices=MODELS,
+        default="plastic-resnet18",
+        help="plastic-* rewires its residual paths; resnet* are static torchvision-layout baselines",
+    )
     option("--dataset", choices=DATASETS, default="cifar10", help="synthetic: procedural, offline, learnable")
     option("--data-dir", default="data", help="directory holding (or receiving) cifar-10-batches-py")
     option("--download", type=bool, default=True, help="download CIFAR-10 into --data-dir when it is missing")
@@ -77,44 +89,80 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     option("--momentum", type=float, default=0.9, help="SGD momentum")
     option("--weight-decay", type=float, default=5e-4, help="weight decay")
     option("--label-smoothing", type=float, default=0.1, help="label smoothing of the cross-entropy")
-    option("--schedule", choices=SCHEDULES, default="cosine",
-           help="lr after the warm-up: cosine or linear decay to 0 (one-cycle shapes), or constant")
+    option(
+        "--schedule",
+        choices=SCHEDULES,
+        default="cosine",
+        help="lr after the warm-up: cosine or linear decay to 0 (one-cycle shapes), or constant",
+    )
     option("--warmup-epochs", type=float, default=1.0, help="linear lr warm-up length")
     option("--augment", type=bool, default=True, help="random crop (reflect pad 4) and horizontal flip")
     option("--cutout", type=int, default=0, help="cutout square side in pixels (0: off)")
     option("--tta", type=bool, default=False, help="evaluate on the image and its mirror image")
-    option("--base-width", type=int, default=None,
-           help=f"width of the first stage (None: {CUDA_DEFAULTS['base_width']} on CUDA, "
-                f"{CPU_DEFAULTS['base_width']} on CPU)")
+    option(
+        "--base-width",
+        type=int,
+        default=None,
+        help=f"width of the first stage (None: {CUDA_DEFAULTS['base_width']} on CUDA, "
+        f"{CPU_DEFAULTS['base_width']} on CPU)",
+    )
     option("--stem", choices=STEMS, default="cifar", help="cifar: 3x3 conv; imagenet: 7x7/2 conv + max-pool")
     option("--budget", type=int, default=None, help="active paths (None: the matching ResNet's block count)")
-    option("--init", choices=("resnet", "random"), default=None,
-           help="initial topology of a plastic model (None: resnet, the chain (j-1 -> j), unless --budget "
-                "is given; then random)")
+    option(
+        "--init",
+        choices=("resnet", "random"),
+        default=None,
+        help="initial topology of a plastic model (None: resnet, the chain (j-1 -> j), unless --budget "
+        "is given; then random)",
+    )
     option("--max-span", type=int, default=3, help="longest path, in nodes")
-    option("--drop", choices=DROP_CRITERIA, default="taylor",
-           help="drop the paths with the smallest EMA |gate*contribution| (taylor), |gate| (gate), summed "
-                "|weight gradient| (gradient), or every |gate| below 0.5 (threshold)")
-    option("--grow", choices=GROW_CRITERIA, default="probe",
-           help="grow the inactive candidates with the largest probed |contribution| (probe) or at random")
-    option("--drop-count", type=_drop_count, default="fraction",
-           help="paths dropped per rewire: 'fraction' (RigL's cosine-decayed --rewire-fraction of the budget) "
-                "or a number (the original PlasticNet dropped 1); --drop threshold ignores it")
+    option(
+        "--drop",
+        choices=DROP_CRITERIA,
+        default="taylor",
+        help="drop the paths with the smallest EMA |gate*contribution| (taylor), |gate| (gate), summed "
+        "|weight gradient| (gradient), or every |gate| below 0.5 (threshold)",
+    )
+    option(
+        "--grow",
+        choices=GROW_CRITERIA,
+        default="probe",
+        help="grow the inactive candidates with the largest probed |contribution| (probe) or at random",
+    )
+    option(
+        "--drop-count",
+        type=_drop_count,
+        default="fraction",
+        help="paths dropped per rewire: 'fraction' (RigL's cosine-decayed --rewire-fraction of the budget) "
+        "or a number (the original PlasticNet dropped 1); --drop threshold ignores it",
+    )
     option("--rewire-fraction", type=float, default=0.3, help="initial fraction of the budget rewired")
     option("--rewire-interval", type=int, default=100, help="optimizer steps between rewires")
     option("--rewire-end", type=float, default=0.75, help="stop rewiring after this fraction of training")
     option("--seed", type=int, default=0, help="seed of weights, data order, augmentation and rewiring")
     option("--out", default=None, help="run directory (None: runs/MODEL-DATASET-sSEED)")
     option("--resume", metavar="RUN_DIR", default=None, help="continue the run in RUN_DIR from its last.pt")
-    option("--train-size", type=int, default=None,
-           help=f"training samples (None: all of CIFAR-10; synthetic: {CUDA_DEFAULTS['synthetic_train_size']} "
-                f"on CUDA, {CPU_DEFAULTS['synthetic_train_size']} on CPU)")
-    option("--test-size", type=int, default=None,
-           help=f"test samples (None: all of CIFAR-10; synthetic: {CUDA_DEFAULTS['synthetic_test_size']} "
-                f"on CUDA, {CPU_DEFAULTS['synthetic_test_size']} on CPU)")
+    option(
+        "--train-size",
+        type=int,
+        default=None,
+        help=f"training samples (None: all of CIFAR-10; synthetic: {CUDA_DEFAULTS['synthetic_train_size']} "
+        f"on CUDA, {CPU_DEFAULTS['synthetic_train_size']} on CPU)",
+    )
+    option(
+        "--test-size",
+        type=int,
+        default=None,
+        help=f"test samples (None: all of CIFAR-10; synthetic: {CUDA_DEFAULTS['synthetic_test_size']} "
+        f"on CUDA, {CPU_DEFAULTS['synthetic_test_size']} on CPU)",
+    )
     option("--device", default="auto", help="auto (cuda when visible), cpu, cuda or cuda:N")
-    option("--backend", choices=BACKENDS, default=None,
-           help="residual_aggregate backend of every residual join (None: fastest available on the device)")
+    option(
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="residual_aggregate backend of every residual join (None: fastest available on the device)",
+    )
     option("--compile", type=bool, default=False, help="torch.compile the stem, head and each path body")
     option("--eval-every-steps", type=int, default=0, help="also log test accuracy every N steps (0: off)")
     option("--log-every", type=int, default=20, help="progress-bar refresh interval in steps (one host sync)")
@@ -154,8 +202,12 @@ def resolve_config(args: argparse.Namespace) -> dict:
     if config["out"] is None:
         config["out"] = os.path.join("runs", f"{config['model']}-{config['dataset']}-s{config['seed']}")
     _check_positive(config)
-    config["versions"] = {"plasticnet": __version__, "torch": str(torch.__version__),
-                          "torchvision": torchvision.__version__, "cuda": torch.version.cuda}
+    config["versions"] = {
+        "plasticnet": __version__,
+        "torch": str(torch.__version__),
+        "torchvision": torchvision.__version__,
+        "cuda": torch.version.cuda,
+    }
     config["world_size"] = int(os.environ.get("WORLD_SIZE", "1"))
     return config
 
@@ -165,8 +217,10 @@ def resume_config(args: argparse.Namespace) -> dict:
     config = read_config(args.resume)
     changed = sorted(k for k in getattr(args, EXPLICIT) - RESUMABLE_OVERRIDES if getattr(args, k) != config.get(k))
     if changed:
-        raise ValueError(f"--resume {args.resume}: {', '.join('--' + k.replace('_', '-') for k in changed)} "
-                         f"cannot change when resuming (only {sorted(RESUMABLE_OVERRIDES - {'resume'})} can)")
+        raise ValueError(
+            f"--resume {args.resume}: {', '.join('--' + k.replace('_', '-') for k in changed)} "
+            f"cannot change when resuming (only {sorted(RESUMABLE_OVERRIDES - {'resume'})} can)"
+        )
     for key in getattr(args, EXPLICIT) & RESUMABLE_OVERRIDES - {"resume"}:
         config[key] = getattr(args, key)
     config["out"] = args.resume

@@ -5,6 +5,7 @@ set of the same shape are held as uint8 NCHW tensors on the device. Shuffling, r
 (reflect padding), horizontal flip and cutout are a handful of batched tensor ops per step:
 no per-sample Python and no DataLoader workers, so the GPU is never waiting on the host.
 """
+
 import math
 from dataclasses import dataclass
 
@@ -45,6 +46,7 @@ class ImageSet:
 
 def load_cifar10(data_dir: str, download: bool) -> tuple[ImageSet, ImageSet]:
     """CIFAR-10 train and test sets from `data_dir`/cifar-10-batches-py, fetched when `download`."""
+
     def load(train: bool) -> CIFAR10:
         try:
             return CIFAR10(data_dir, train=train, download=False)
@@ -53,14 +55,16 @@ def load_cifar10(data_dir: str, download: bool) -> tuple[ImageSet, ImageSet]:
                 raise DataUnavailableError(
                     f"CIFAR-10 not found in {data_dir}/{CIFAR10.base_folder} (download disabled). Fix: put the "
                     f"extracted {CIFAR10.filename} there, pass --data-dir DIR holding {CIFAR10.base_folder}, "
-                    f"or use --dataset synthetic") from None
+                    f"or use --dataset synthetic"
+                ) from None
         try:
             return CIFAR10(data_dir, train=train, download=True)
         except (OSError, RuntimeError) as error:  # URLError is an OSError; torchvision raises RuntimeError on bad md5
             raise DataUnavailableError(
                 f"CIFAR-10 not found in {data_dir}/{CIFAR10.base_folder} and downloading {CIFAR10.url} failed "
                 f"({type(error).__name__}: {error}). Fix: download and extract it there when online, pass "
-                f"--data-dir DIR holding {CIFAR10.base_folder}, or use --dataset synthetic") from None
+                f"--data-dir DIR holding {CIFAR10.base_folder}, or use --dataset synthetic"
+            ) from None
 
     def to_image_set(dataset: CIFAR10) -> ImageSet:
         images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()  # torchvision keeps HWC
@@ -69,8 +73,9 @@ def load_cifar10(data_dir: str, download: bool) -> tuple[ImageSet, ImageSet]:
     return to_image_set(load(True)), to_image_set(load(False))
 
 
-def synthetic_cifar(train_size: int, test_size: int, seed: int,
-                    device: torch.device | str = "cpu") -> tuple[ImageSet, ImageSet]:
+def synthetic_cifar(
+    train_size: int, test_size: int, seed: int, device: torch.device | str = "cpu"
+) -> tuple[ImageSet, ImageSet]:
     """A CIFAR-shaped 10-class set that a ResNet has to work for (see _draw_synthetic).
 
     Generated on `device` by batched tensor ops (no per-sample Python); deterministic given
@@ -129,7 +134,7 @@ def _draw_synthetic(size: int, generator: torch.Generator) -> ImageSet:
         along = x[:, :, None] * a.cos() + y[:, :, None] * a.sin()
         gratings = torch.sin(frequencies[chunk][..., None, None, None] * along + phases[chunk][..., None, None])
         texture = (weights[chunk][..., None, None] * gratings).sum(2)
-        window = torch.exp(-(x ** 2 + y ** 2) / (2 * widths[chunk][..., None, None] ** 2))
+        window = torch.exp(-(x**2 + y**2) / (2 * widths[chunk][..., None, None] ** 2))
         layers = (texture * window)[:, :, None] * colours[chunk][..., None, None]  # (n, 2, 3, H, W)
         image = backgrounds[chunk][..., None, None] + layers.sum(1)
         image = image + 0.08 * torch.randn(image.shape, generator=generator, device=device)
@@ -150,8 +155,9 @@ class DeviceAugmenter:
     batch are computed from its random offset (columns reversed when flipped).
     """
 
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor, *, crop_padding: int = 4, flip: bool = True,
-                 cutout: int = 0):
+    def __init__(
+        self, mean: torch.Tensor, std: torch.Tensor, *, crop_padding: int = 4, flip: bool = True, cutout: int = 0
+    ):
         if crop_padding < 0 or cutout < 0:
             raise ValueError(f"crop_padding and cutout: expected >= 0, got {crop_padding} and {cutout}")
         self.mean, self.std = mean, std
@@ -183,8 +189,9 @@ class DeviceAugmenter:
         return x.contiguous()
 
 
-def shuffled_batches(size: int, batch_size: int, generator: torch.Generator, *, rank: int = 0,
-                     world_size: int = 1) -> list[torch.Tensor]:
+def shuffled_batches(
+    size: int, batch_size: int, generator: torch.Generator, *, rank: int = 0, world_size: int = 1
+) -> list[torch.Tensor]:
     """This rank's index batches for one epoch: every rank draws the same permutation (same
     generator state) and takes every world_size-th sample, so ranks see disjoint data.
     The incomplete last batch is dropped so every step has the same size on every rank."""
@@ -192,6 +199,7 @@ def shuffled_batches(size: int, batch_size: int, generator: torch.Generator, *, 
     per_rank = permutation[rank::world_size]
     steps = per_rank.shape[0] // batch_size
     if steps == 0:
-        raise ValueError(f"batch_size: expected at most {per_rank.shape[0]} (the training samples per rank), "
-                         f"got {batch_size}")
-    return list(per_rank[:steps * batch_size].view(steps, batch_size))
+        raise ValueError(
+            f"batch_size: expected at most {per_rank.shape[0]} (the training samples per rank), got {batch_size}"
+        )
+    return list(per_rank[: steps * batch_size].view(steps, batch_size))

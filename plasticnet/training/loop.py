@@ -3,6 +3,7 @@
 Per step the host only queues work: loss and accuracy are summed on the device and read
 back every `log_every` steps for the progress bar (and once per epoch for the metrics).
 """
+
 import gc
 import math
 import os
@@ -16,7 +17,7 @@ from tqdm import tqdm
 
 from plasticnet.training import data as datasets
 from plasticnet.training.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
-from plasticnet.training.models import build_model, build_controller
+from plasticnet.training.models import build_controller, build_model
 from plasticnet.training.plots import plot_curves, plot_topology
 from plasticnet.training.run_dir import BEST, EVENTS, LAST, METRICS, STEP_EVALS, RunDir, read_jsonl
 
@@ -73,7 +74,7 @@ class Distributed:
 
 
 def device_type(name: str) -> str:
-    """"cpu" or "cuda" for a --device value ("auto": cuda when visible)."""
+    """ "cpu" or "cuda" for a --device value ("auto": cuda when visible)."""
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -94,8 +95,9 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
     return device
 
 
-def load_data(config: dict, distributed: Distributed,
-              device: torch.device) -> tuple[datasets.ImageSet, datasets.ImageSet]:
+def load_data(
+    config: dict, distributed: Distributed, device: torch.device
+) -> tuple[datasets.ImageSet, datasets.ImageSet]:
     """The train and test sets (synthetic ones are generated on `device`; CIFAR-10 is read on the host)."""
     if config["dataset"] == "synthetic":
         return datasets.synthetic_cifar(config["train_size"], config["test_size"], config["seed"], device)
@@ -123,8 +125,9 @@ class Trainer:
         self.run_dir = RunDir(config["out"], writer=self.distributed.rank == 0)  # after the data: no empty run dirs
         self.train_set, self.test_set = train.to(self.device), test.to(self.device)
         mean, std = datasets.channel_statistics(self.train_set.images)
-        self.augmenter = datasets.DeviceAugmenter(mean, std, crop_padding=4 if config["augment"] else 0,
-                                                  flip=config["augment"], cutout=config["cutout"])
+        self.augmenter = datasets.DeviceAugmenter(
+            mean, std, crop_padding=4 if config["augment"] else 0, flip=config["augment"], cutout=config["cutout"]
+        )
         # one shuffling stream shared by all ranks (they must agree on the permutation),
         # one augmentation stream per rank (each rank's samples get their own crops)
         self.generators = {
@@ -134,8 +137,9 @@ class Trainer:
         per_rank = len(self.train_set) // self.distributed.world_size
         self.steps_per_epoch = per_rank // config["batch_size"]
         if self.steps_per_epoch == 0:
-            raise ValueError(f"--batch-size: expected at most {per_rank} (training samples per process), "
-                             f"got {config['batch_size']}")
+            raise ValueError(
+                f"--batch-size: expected at most {per_rank} (training samples per process), got {config['batch_size']}"
+            )
         self.total_steps = self.steps_per_epoch * config["epochs"]
 
         self.model = build_model(config, datasets.NUM_CLASSES).to(self.device)
@@ -147,8 +151,12 @@ class Trainer:
             self.model.compile_parts()
         self.optimizer = self._make_optimizer()
         warmup_steps = round(config["warmup_epochs"] * self.steps_per_epoch)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(
-            step, total_steps=self.total_steps, warmup_steps=warmup_steps, schedule=config["schedule"]))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda step: lr_factor(
+                step, total_steps=self.total_steps, warmup_steps=warmup_steps, schedule=config["schedule"]
+            ),
+        )
         self.controller = build_controller(config, self.model, self.optimizer, self.total_steps)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config["label_smoothing"])
         self._wrap(first=True)
@@ -170,8 +178,9 @@ class Trainer:
         parameters = self.model.parameters()  # inactive paths' parameters get no grad, so no update
         if config["optimizer"] == "adam":
             return torch.optim.Adam(parameters, lr=config["lr"], weight_decay=config["weight_decay"])
-        return torch.optim.SGD(parameters, lr=config["lr"], momentum=config["momentum"], nesterov=True,
-                               weight_decay=config["weight_decay"])
+        return torch.optim.SGD(
+            parameters, lr=config["lr"], momentum=config["momentum"], nesterov=True, weight_decay=config["weight_decay"]
+        )
 
     def _wrap(self, first: bool = False) -> None:
         """(Re)build the DDP wrapper. DDP fixes its parameter set and gradient buckets when
@@ -184,8 +193,11 @@ class Trainer:
         state; later ones need not, since every rank applies the same updates and rewires."""
         if self.distributed.enabled:
             self.ddp_model = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.on_cuda else None, init_sync=first,
-                forward_sync_buffers=False)
+                self.model,
+                device_ids=[self.device.index] if self.on_cuda else None,
+                init_sync=first,
+                forward_sync_buffers=False,
+            )
         else:
             self.ddp_model = self.model
 
@@ -241,10 +253,13 @@ class Trainer:
         if event is None:
             return None
         self._wrap()
-        return {"step": event.step, "epoch": self.epoch + 1,
-                "dropped": [{"path": list(path), "score": score} for path, score in event.dropped],
-                "grown": [{"path": list(path), "score": score} for path, score in event.grown],
-                "active_paths": self._active_paths()}
+        return {
+            "step": event.step,
+            "epoch": self.epoch + 1,
+            "dropped": [{"path": list(path), "score": score} for path, score in event.dropped],
+            "grown": [{"path": list(path), "score": score} for path, score in event.grown],
+            "active_paths": self._active_paths(),
+        }
 
     def _active_paths(self) -> list[list[int]]:
         return [list(p) for p in self.model.active_paths()]
@@ -256,7 +271,8 @@ class Trainer:
         rank, world = self.distributed.rank, self.distributed.world_size
         totals = torch.zeros(3, dtype=torch.float64, device=self.device)
         for indices in torch.arange(rank, len(self.test_set), world, device=self.device).split(
-                self.config["eval_batch_size"]):
+            self.config["eval_batch_size"]
+        ):
             inputs = self._inputs(self.test_set.images[indices], augment=False)
             labels = self.test_set.labels[indices]
             with self._autocast():
@@ -271,8 +287,9 @@ class Trainer:
     def _evaluate_at_step(self) -> None:
         self.distributed.average_batch_norm_statistics(self.model)
         test_loss, test_accuracy = self.evaluate()
-        self.run_dir.append(STEP_EVALS, {"step": self.step, "epoch": self.epoch + 1, "test_loss": test_loss,
-                                         "test_acc": test_accuracy})
+        self.run_dir.append(
+            STEP_EVALS, {"step": self.step, "epoch": self.epoch + 1, "test_loss": test_loss, "test_acc": test_accuracy}
+        )
 
     def fit(self, until_epoch: int | None = None) -> list[dict]:
         """Train to `until_epoch` (default: config["epochs"]); returns metrics.jsonl's records.
@@ -282,12 +299,21 @@ class Trainer:
         until_epoch = self.config["epochs"] if until_epoch is None else min(until_epoch, self.config["epochs"])
         log_every, eval_every = self.config["log_every"], self.config["eval_every_steps"]
         while self.epoch < until_epoch:
-            batches = datasets.shuffled_batches(len(self.train_set), self.config["batch_size"],
-                                                self.generators["shuffle"], rank=self.distributed.rank,
-                                                world_size=self.distributed.world_size)
+            batches = datasets.shuffled_batches(
+                len(self.train_set),
+                self.config["batch_size"],
+                self.generators["shuffle"],
+                rank=self.distributed.rank,
+                world_size=self.distributed.world_size,
+            )
             totals = torch.zeros(3, dtype=torch.float64, device=self.device)
-            bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{self.config['epochs']}", unit="step", leave=False,
-                       disable=not (self.config["progress"] and self.run_dir.writer))
+            bar = tqdm(
+                batches,
+                desc=f"epoch {self.epoch + 1}/{self.config['epochs']}",
+                unit="step",
+                leave=False,
+                disable=not (self.config["progress"] and self.run_dir.writer),
+            )
             start = time.perf_counter()
             for i, indices in enumerate(bar, 1):
                 event = self._train_step(indices, totals)
@@ -298,8 +324,13 @@ class Trainer:
                 if not bar.disable and (i % log_every == 0 or i == len(batches)):
                     loss_sum, correct, count = totals.tolist()  # the only per-N-steps host sync
                     images_per_s = count * self.distributed.world_size / (time.perf_counter() - start)
-                    bar.set_postfix({"loss": f"{loss_sum / count:.3f}", "acc": f"{correct / count:.3f}",
-                                     "images/s": f"{images_per_s:.0f}"})
+                    bar.set_postfix(
+                        {
+                            "loss": f"{loss_sum / count:.3f}",
+                            "acc": f"{correct / count:.3f}",
+                            "images/s": f"{images_per_s:.0f}",
+                        }
+                    )
             self._end_epoch(totals, start)
         return read_jsonl(self.run_dir.file(METRICS))
 
@@ -309,9 +340,17 @@ class Trainer:
         seconds = time.perf_counter() - start  # after that sync: the device has finished the epoch's steps
         self.distributed.average_batch_norm_statistics(self.model)
         test_loss, test_accuracy = self.evaluate()
-        record = {"epoch": self.epoch, "step": self.step, "train_loss": loss_sum / count, "train_acc": correct / count,
-                  "test_loss": test_loss, "test_acc": test_accuracy, "lr": self.scheduler.get_last_lr()[0],
-                  "images_per_s": count / seconds, "active_paths": self._active_paths()}
+        record = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "train_loss": loss_sum / count,
+            "train_acc": correct / count,
+            "test_loss": test_loss,
+            "test_acc": test_accuracy,
+            "lr": self.scheduler.get_last_lr()[0],
+            "images_per_s": count / seconds,
+            "active_paths": self._active_paths(),
+        }
         is_best = test_accuracy > self.best_accuracy
         self.best_accuracy = max(self.best_accuracy, test_accuracy)
         if self.run_dir.writer:
@@ -325,15 +364,23 @@ class Trainer:
             metrics = read_jsonl(self.run_dir.file(METRICS))
             plot_curves(metrics, self.run_dir.file("curves.png"))
             plot_topology(metrics, read_jsonl(self.run_dir.file(EVENTS)), self.run_dir.file("topology.png"))
-            tqdm.write(f"epoch {self.epoch}: train loss {record['train_loss']:.3f} acc {record['train_acc']:.3f} | "
-                       f"test loss {test_loss:.3f} acc {test_accuracy:.3f} | {record['images_per_s']:.0f} img/s")
+            tqdm.write(
+                f"epoch {self.epoch}: train loss {record['train_loss']:.3f} acc {record['train_acc']:.3f} | "
+                f"test loss {test_loss:.3f} acc {test_accuracy:.3f} | {record['images_per_s']:.0f} img/s"
+            )
 
     def _state(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "controller": self.controller.state_dict() if self.controller is not None else None,
-                "rng": rng_states(self.generators), "epoch": self.epoch, "step": self.step,
-                "best_accuracy": self.best_accuracy, "config": self.config}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "controller": self.controller.state_dict() if self.controller is not None else None,
+            "rng": rng_states(self.generators),
+            "epoch": self.epoch,
+            "step": self.step,
+            "best_accuracy": self.best_accuracy,
+            "config": self.config,
+        }
 
     def close(self) -> None:
         """Leave the process group. Every DDP wrapper (rewires leave old ones in reference

@@ -1,4 +1,5 @@
 """The networks `plasticnet train` builds: static ResNet baselines and plastic ResNets."""
+
 from torch import nn
 from torchvision.models.resnet import ResNet
 
@@ -24,8 +25,9 @@ class StaticResNet(ResNet):
     state_dict is torchvision's and `backend` picks the join's kernel as in the plastic model.
     """
 
-    def __init__(self, name: str, num_classes: int, *, base_width: int = 64, stem: str = "cifar",
-                 backend: str | None = None):
+    def __init__(
+        self, name: str, num_classes: int, *, base_width: int = 64, stem: str = "cifar", backend: str | None = None
+    ):
         if name not in STATIC_LAYOUTS:
             raise ValueError(f"name: expected one of {list(STATIC_LAYOUTS)}, got {name!r}")
         if stem not in STEMS:
@@ -66,16 +68,27 @@ def build_model(config: dict, num_classes: int) -> nn.Module:
     """The network named by config["model"]: a static ResNet or a PlasticResNet."""
     name = config["model"]
     if name in STATIC_LAYOUTS:
-        return StaticResNet(name, num_classes, base_width=config["base_width"], stem=config["stem"],
-                            backend=config["backend"])
+        return StaticResNet(
+            name, num_classes, base_width=config["base_width"], stem=config["stem"], backend=config["backend"]
+        )
     if name not in PLASTIC_MODELS:
         raise ValueError(f"model: expected one of {list(MODELS)}, got {name!r}")
     from plasticnet.models import PlasticResNet
+
     # a budget other than the ResNet's block count cannot start as that ResNet: start random
     init = config["init"] or ("resnet" if config["budget"] is None else "random")
-    return PlasticResNet(name.removeprefix("plastic-"), num_classes, init=init, budget=config["budget"],
-                         max_span=config["max_span"], base_width=config["base_width"], stem=config["stem"],
-                         seed=config["seed"], backend=config["backend"], **config["model_options"])
+    return PlasticResNet(
+        name.removeprefix("plastic-"),
+        num_classes,
+        init=init,
+        budget=config["budget"],
+        max_span=config["max_span"],
+        base_width=config["base_width"],
+        stem=config["stem"],
+        seed=config["seed"],
+        backend=config["backend"],
+        **config["model_options"],
+    )
 
 
 def build_controller(config: dict, model: nn.Module, optimizer, total_steps: int):
@@ -83,7 +96,16 @@ def build_controller(config: dict, model: nn.Module, optimizer, total_steps: int
     if config["model"] not in PLASTIC_MODELS:
         return None
     from plasticnet.plasticity import PlasticityController
-    return PlasticityController(model, optimizer, drop=config["drop"], grow=config["grow"],
-                                fraction=config["rewire_fraction"], interval=config["rewire_interval"],
-                                total_steps=total_steps, end_fraction=config["rewire_end"], seed=config["seed"],
-                                drop_count=config["drop_count"])
+
+    return PlasticityController(
+        model,
+        optimizer,
+        drop=config["drop"],
+        grow=config["grow"],
+        fraction=config["rewire_fraction"],
+        interval=config["rewire_interval"],
+        total_steps=total_steps,
+        end_fraction=config["rewire_end"],
+        seed=config["seed"],
+        drop_count=config["drop_count"],
+    )

@@ -1,5 +1,6 @@
 """curves.png (loss and accuracy per epoch, from metrics.jsonl) and topology.png (active
 paths over the optimizer steps, from events.jsonl). Matplotlib's Agg backend: no display needed."""
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -37,8 +38,9 @@ def topology_timeline(metrics: list[dict], events: list[dict]) -> list[tuple[int
     if not events:
         return [(0, metrics[0]["active_paths"])]
     first = events[0]
-    initial = ({tuple(p) for p in first["active_paths"]} - {tuple(g["path"]) for g in first["grown"]}
-               | {tuple(d["path"]) for d in first["dropped"]})
+    initial = {tuple(p) for p in first["active_paths"]} - {tuple(g["path"]) for g in first["grown"]} | {
+        tuple(d["path"]) for d in first["dropped"]
+    }
     return [(0, sorted(initial))] + [(e["step"], e["active_paths"]) for e in events]
 
 
@@ -59,7 +61,10 @@ def plot_topology(metrics: list[dict], events: list[dict], path: str) -> None:
         axes.axvline(m["step"], color="tab:blue", linestyle=":", linewidth=1)
     axes.set_ylim(len(paths) - 0.5, -0.5)
     axes.set_yticks(range(len(paths)), [f"{i}→{j}" for i, j in paths], fontsize=6)
-    axes.set(xlabel="optimizer step (dotted: end of an epoch)", ylabel="path (node i → node j)",
-             title=f"active paths ({len(timeline[-1][1])} at the end, {len(events)} rewires)")
+    axes.set(
+        xlabel="optimizer step (dotted: end of an epoch)",
+        ylabel="path (node i → node j)",
+        title=f"active paths ({len(timeline[-1][1])} at the end, {len(events)} rewires)",
+    )
     figure.tight_layout()
     _save(figure, path)

@@ -5,6 +5,7 @@ Every file is either replaced atomically or appended one complete line at a time
 directory is never half-written; on resume the logs are cut back to the checkpoint so that
 lines written after it (by a run that died before its next checkpoint) are not duplicated.
 """
+
 import json
 import os
 
@@ -66,5 +67,6 @@ def read_config(run_dir: str) -> dict:
         with open(path) as f:
             return json.load(f)
     except FileNotFoundError:
-        raise FileNotFoundError(f"--resume {run_dir}: no {CONFIG} there; is it a `plasticnet train` run "
-                                f"directory?") from None
+        raise FileNotFoundError(
+            f"--resume {run_dir}: no {CONFIG} there; is it a `plasticnet train` run directory?"
+        ) from None
