@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from plasticnet.models.architectures import ARCHITECTURES, STEMS
 from plasticnet.models.compilation import compile_each
 from plasticnet.models.path import (
     BODIES,
@@ -34,16 +35,7 @@ from plasticnet.models.path import (
 from plasticnet.ops import ACTIVATIONS, BACKENDS, residual_aggregate
 from plasticnet.plasticity.scores import PathScores
 
-# arch -> (body, blocks per stage), torchvision's layouts
-ARCHITECTURES = {
-    "resnet18": ("basic", (2, 2, 2, 2)),
-    "resnet34": ("basic", (3, 4, 6, 3)),
-    "resnet50": ("bottleneck", (3, 4, 6, 3)),
-    "resnet101": ("bottleneck", (3, 4, 23, 3)),
-    "resnet152": ("bottleneck", (3, 8, 36, 3)),
-}
 INITS = ("resnet", "random")
-STEMS = ("cifar", "imagenet")
 PROJECTIONS = ("conv1x1", "conv3x3")
 GATE_INITS = ("one", "zero", "uniform")
 STATISTICS = ("taylor", "grow", "last", "updates")
