@@ -3,11 +3,11 @@ eager and compiled (the cases of `plasticnet bench`)."""
 
 import pytest
 
-from plasticnet.bench.train_step import MODELS, MODES, TrainStepCase, TrainStepWorkload
+from plasticnet.bench.train_step import MODEL_KINDS, MODES, TrainStepCase, TrainStepWorkload
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model", MODEL_KINDS)
 def test_train_step(run_benchmark, benchmark, device, preset, model, mode):
     case = TrainStepCase(model, mode, preset["train_batch"], preset["train_width"], device)
     workload = TrainStepWorkload(case)

@@ -10,9 +10,11 @@ from torch import nn
 from tqdm import tqdm
 
 from plasticnet.bench.timing import measure
+from plasticnet.models import PlasticResNet, StaticResNet
 from plasticnet.ops import resolve_backend
 
-MODELS = ("static", "plastic")
+# the two sides of the comparison: the static ResNet-18 and the plastic one at its topology
+MODEL_KINDS = ("static", "plastic")
 MODES = ("eager", "compile")
 ARCH = "resnet18"
 NUM_CLASSES = 10
@@ -20,19 +22,16 @@ NUM_CLASSES = 10
 _INPUT_BATCHES = 4
 
 
-def build_model(model: str, *, base_width: int, backend: str | None) -> nn.Module:
-    """The static baseline is torchvision's ResNet-18 with the CIFAR stem (plasticnet.training's
-    StaticResNet); both models join residuals with the same residual_aggregate backend, so the
-    comparison isolates what plasticity adds (gates, score taps, topology bookkeeping)."""
-    if model == "plastic":
-        from plasticnet.models import PlasticResNet
-
+def build_resnet18(kind: str, *, base_width: int, backend: str | None) -> nn.Module:
+    """The ResNet-18 of one side of the comparison, with the CIFAR stem. The static one is
+    torchvision's (plasticnet.models.StaticResNet); both join residuals with the same
+    residual_aggregate backend, so the comparison isolates what plasticity adds (gates, score
+    taps, topology bookkeeping)."""
+    if kind == "plastic":
         return PlasticResNet(ARCH, num_classes=NUM_CLASSES, init="resnet", base_width=base_width, backend=backend)
-    if model == "static":
-        from plasticnet.training.models import StaticResNet
-
+    if kind == "static":
         return StaticResNet(ARCH, NUM_CLASSES, base_width=base_width, stem="cifar", backend=backend)
-    raise ValueError(f"model: expected one of {list(MODELS)}, got {model!r}")
+    raise ValueError(f"model: expected one of {list(MODEL_KINDS)}, got {kind!r}")
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,8 @@ class TrainStepWorkload:
         if case.mode not in MODES:
             raise ValueError(f"mode: expected one of {list(MODES)}, got {case.mode!r}")
         self.case = case
-        self.model = build_model(case.model, base_width=case.base_width, backend=case.backend).to(case.device).train()
+        self.model = build_resnet18(case.model, base_width=case.base_width, backend=case.backend)
+        self.model.to(case.device).train()
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
         if case.mode == "compile":
             # The whole model as one graph (dynamo breaks it where it must); a fresh dynamo
@@ -109,7 +109,7 @@ def run_train_step_benchmarks(
 ) -> list[dict]:
     """Static and plastic in every mode; each plastic row carries its throughput relative to static."""
     rows = []
-    cases = [TrainStepCase(model, mode, batch, base_width, device, backend) for mode in modes for model in MODELS]
+    cases = [TrainStepCase(model, mode, batch, base_width, device, backend) for mode in modes for model in MODEL_KINDS]
     for case in tqdm(cases, desc="train step", disable=not progress, leave=False):
         rows.append(measure_train_step(case, warmup=warmup, repeats=repeats))
     static = {row["mode"]: row for row in rows if row["model"] == "static"}

@@ -2,5 +2,6 @@
 
 from plasticnet.models.architectures import ARCHITECTURES, STEMS, blocks_for_budget
 from plasticnet.models.plastic_resnet import PlasticResNet
+from plasticnet.models.static_resnet import StaticResNet
 
-__all__ = ["ARCHITECTURES", "STEMS", "PlasticResNet", "blocks_for_budget"]
+__all__ = ["ARCHITECTURES", "STEMS", "PlasticResNet", "StaticResNet", "blocks_for_budget"]
