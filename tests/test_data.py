@@ -1,27 +1,20 @@
-"""On-device datasets and batched augmentation (plasticnet.training.data)."""
+"""On-device data: the synthetic set, batched augmentation, and the train and evaluation batches
+(plasticnet.training.data)."""
 
-import argparse
-import hashlib
-import os
-import pickle
-import urllib.error
-
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torchvision.datasets import CIFAR10
 
-from plasticnet.training import cli
 from plasticnet.training.data import (
-    NUM_CLASSES,
-    DataUnavailableError,
     DeviceAugmenter,
+    EvaluationBatches,
+    TrainBatches,
     channel_statistics,
-    load_cifar10,
     shuffled_batches,
-    synthetic_cifar,
 )
+from plasticnet.training.datasets import NUM_CLASSES, ImageSet, synthetic_cifar
+
+# ---- the synthetic set -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -127,80 +120,77 @@ def test_shuffled_batches_give_ranks_disjoint_equal_batches():
         shuffled_batches(10, 11, torch.Generator())
 
 
-# ---- CIFAR-10 in torchvision's format, on a fixture written here ----
+def test_every_rank_takes_the_same_number_of_steps_when_the_data_does_not_split_evenly():
+    # 11 samples on 2 ranks: rank 0's stride holds 6, rank 1's 5; with batches of 3 rank 0
+    # would take a second step that rank 1 never joins (a DDP hang)
+    per_rank = [shuffled_batches(11, 3, torch.Generator().manual_seed(0), rank=r, world_size=2) for r in range(2)]
+    assert [len(b) for b in per_rank] == [1, 1]
+    with pytest.raises(ValueError, match="batch_size: expected at most 5"):
+        shuffled_batches(11, 6, torch.Generator(), rank=0, world_size=2)
 
 
-def _write_cifar_fixture(root, per_batch: int = 4, seed: int = 0) -> tuple[np.ndarray, list[int], dict]:
-    """CIFAR-10's python pickles (5 train batches, a test batch, the meta file) with tiny random
-    contents. Returns the train data, its labels and every file's md5."""
-    rng = np.random.default_rng(seed)
-    folder = os.path.join(root, CIFAR10.base_folder)
-    os.makedirs(folder)
-    checksums, train_data, train_labels = {}, [], []
-    for name in [n for n, _ in CIFAR10.train_list + CIFAR10.test_list]:
-        data = rng.integers(0, 256, (per_batch, 3 * 32 * 32), dtype=np.uint8)
-        labels = rng.integers(0, 10, per_batch).tolist()
-        if name != "test_batch":
-            train_data.append(data)
-            train_labels += labels
-        with open(os.path.join(folder, name), "wb") as f:
-            pickle.dump({"data": data, "labels": labels}, f)
-    with open(os.path.join(folder, CIFAR10.meta["filename"]), "wb") as f:
-        pickle.dump({"label_names": [f"class{k}" for k in range(10)]}, f)
-    for name in os.listdir(folder):
-        with open(os.path.join(folder, name), "rb") as f:
-            checksums[name] = hashlib.md5(f.read()).hexdigest()
-    return np.concatenate(train_data), train_labels, checksums
+def _numbered_set(size: int) -> ImageSet:
+    images = torch.randint(0, 256, (size, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(size))
+    return ImageSet(images, torch.arange(size))
 
 
-@pytest.fixture
-def cifar_fixture(tmp_path, monkeypatch):
-    data, labels, md5 = _write_cifar_fixture(str(tmp_path))
-    monkeypatch.setattr(CIFAR10, "train_list", [[n, md5[n]] for n, _ in CIFAR10.train_list])
-    monkeypatch.setattr(CIFAR10, "test_list", [[n, md5[n]] for n, _ in CIFAR10.test_list])
-    monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": md5[CIFAR10.meta["filename"]]})
-    return str(tmp_path), data, labels
-
-
-def test_cifar10_loads_torchvision_format_as_uint8_nchw(cifar_fixture):
-    root, data, labels = cifar_fixture
-    train, test = load_cifar10(root, download=False)
-    assert train.images.shape == (20, 3, 32, 32) and test.images.shape == (4, 3, 32, 32)
-    assert torch.equal(train.images, torch.from_numpy(data).view(-1, 3, 32, 32))
-    assert train.labels.tolist() == labels
-
-
-def test_missing_cifar10_without_download_says_where_and_how(tmp_path):
-    with pytest.raises(DataUnavailableError, match=f"not found in {tmp_path}.*--data-dir.*--dataset synthetic"):
-        load_cifar10(str(tmp_path), download=False)
-
-
-def test_failed_download_says_where_and_why(tmp_path, monkeypatch):
-    def offline(self):
-        raise urllib.error.URLError("no network")
-
-    monkeypatch.setattr(CIFAR10, "download", offline)
-    with pytest.raises(DataUnavailableError, match=f"{tmp_path}.*failed.*no network.*--dataset synthetic"):
-        load_cifar10(str(tmp_path), download=True)
-
-
-def test_cli_without_data_exits_nonzero_with_one_line_and_no_traceback(tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    cli.add_arguments(parser)
-    args = parser.parse_args(
-        [
-            "--dataset",
-            "cifar10",
-            "--data-dir",
-            str(tmp_path / "none"),
-            "--no-download",
-            "--out",
-            str(tmp_path / "run"),
-            "--device",
-            "cpu",
-        ]
+@pytest.mark.parametrize(("rank", "world_size"), [(0, 1), (1, 3)])
+def test_train_batches_are_the_shuffled_batches_augmented_from_the_same_generator_states(rank, world_size):
+    data = _numbered_set(50)
+    augmenter = _augmenter(data.images, crop_padding=2, flip=True, cutout=3)
+    generators = [torch.Generator().manual_seed(seed) for seed in (1, 2, 1, 2)]
+    batches = TrainBatches(
+        data, 4, augmenter, shuffle=generators[0], augment=generators[1], rank=rank, world_size=world_size
     )
-    assert cli.run(args) == 2
-    error = capsys.readouterr().err
-    assert error.count("\n") == 1 and "Traceback" not in error
-    assert "CIFAR-10 not found in" in error and str(tmp_path / "none") in error
+    assert len(batches) == 50 // world_size // 4
+    epochs = []
+    for _ in range(2):  # each iteration is a new epoch with a new permutation
+        expected = shuffled_batches(50, 4, generators[2], rank=rank, world_size=world_size)
+        steps = list(batches)
+        assert len(steps) == len(batches) == len(expected)
+        for (inputs, labels), indices in zip(steps, expected):
+            assert torch.equal(labels, indices)  # labels are the sample indices
+            torch.testing.assert_close(inputs, augmenter(data.images[indices], generators[3]), rtol=0, atol=0)
+        epochs.append(torch.cat([labels for _, labels in steps]))
+    assert not torch.equal(*epochs)
+
+
+def test_train_batches_refuse_a_batch_larger_than_a_rank_holds():
+    data = _numbered_set(20)
+    augmenter = _augmenter(data.images)
+    generator = torch.Generator()
+    with pytest.raises(ValueError, match="batch_size: expected 1..6 \\(the training samples per rank\\), got 7"):
+        TrainBatches(data, 7, augmenter, shuffle=generator, augment=generator, world_size=3)
+    with pytest.raises(ValueError, match="got 0"):
+        TrainBatches(data, 0, augmenter, shuffle=generator, augment=generator)
+
+
+def test_train_batches_in_channels_last_hold_the_same_values():
+    data = _numbered_set(12)
+    augmenter = _augmenter(data.images)
+
+    def first_step(channels_last):
+        generators = {"shuffle": torch.Generator().manual_seed(0), "augment": torch.Generator().manual_seed(1)}
+        return next(iter(TrainBatches(data, 4, augmenter, **generators, channels_last=channels_last)))[0]
+
+    dense, channels_last = first_step(False), first_step(True)
+    assert channels_last.is_contiguous(memory_format=torch.channels_last) and not dense.is_contiguous(
+        memory_format=torch.channels_last
+    )
+    assert torch.equal(dense, channels_last)
+
+
+def test_evaluation_batches_cover_the_set_once_across_ranks_normalised_not_augmented():
+    data = _numbered_set(23)
+    augmenter = _augmenter(data.images, crop_padding=4, flip=True, cutout=4)
+    per_rank = [EvaluationBatches(data, 3, augmenter, rank=r, world_size=2) for r in range(2)]
+    assert [len(b) for b in per_rank] == [4, 4]  # 12 and 11 samples in batches of 3
+    seen = []
+    for batches in per_rank:
+        for _ in range(2):  # iterable again, in the same order
+            steps = list(batches)
+            assert len(steps) == len(batches)
+        for inputs, labels in steps:
+            torch.testing.assert_close(inputs, augmenter.normalise(data.images[labels]), rtol=0, atol=0)
+            seen += labels.tolist()
+    assert sorted(seen) == list(range(23))

@@ -1,149 +1,54 @@
-"""Datasets that live entirely on the training device, and batched augmentation there.
+"""Batches of an on-device dataset, with shuffling and augmentation as a few batched tensor ops.
 
-CIFAR-10 (torchvision's on-disk format, downloaded when online) and a procedural synthetic
-set of the same shape are held as uint8 NCHW tensors on the device. Shuffling, random crop
-(reflect padding), horizontal flip and cutout are a handful of batched tensor ops per step:
-no per-sample Python and no DataLoader workers, so the GPU is never waiting on the host.
+The uint8 images live on the training device (plasticnet.training.datasets loads them).
+Shuffling, random crop (reflect padding), horizontal flip and cutout run there, a handful of
+batched ops per step: no per-sample Python and no DataLoader workers, so the GPU is never
+waiting on the host. TrainBatches yields one epoch of augmented training batches per
+iteration, EvaluationBatches a held-out set's normalised batches.
 """
 
 import math
-from dataclasses import dataclass
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-from torchvision.datasets import CIFAR10
 
-DATASETS = ("cifar10", "synthetic")
-NUM_CLASSES = 10
-IMAGE_SIZE = 32
+from plasticnet.training.datasets import (
+    DATASETS,
+    NUM_CLASSES,
+    DataUnavailableError,
+    ImageSet,
+    load_dataset,
+    synthetic_cifar,
+)
 
-
-class DataUnavailableError(RuntimeError):
-    """The requested data cannot be found or fetched; the message says where and how to fix it."""
-
-
-@dataclass
-class ImageSet:
-    """uint8 images (N, 3, 32, 32) and int64 labels (N,), on one device."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-
-    def __len__(self) -> int:
-        return self.labels.shape[0]
-
-    def to(self, device) -> "ImageSet":
-        return ImageSet(self.images.to(device), self.labels.to(device))
-
-    def subset(self, size: int | None) -> "ImageSet":
-        """The first `size` samples (all for None): a fixed, seed-independent subset."""
-        if size is None:
-            return self
-        if not 0 < size <= len(self):
-            raise ValueError(f"subset size: expected 1..{len(self)} (the dataset's size), got {size}")
-        return ImageSet(self.images[:size], self.labels[:size])
+# What moved to plasticnet.training.datasets stays importable from here for the callers not moved yet.
+__all__ = [
+    "DATASETS",
+    "NUM_CLASSES",
+    "DataUnavailableError",
+    "DeviceAugmenter",
+    "EvaluationBatches",
+    "ImageSet",
+    "TrainBatches",
+    "channel_statistics",
+    "load_cifar10",
+    "shuffled_batches",
+    "synthetic_cifar",
+]
 
 
 def load_cifar10(data_dir: str, download: bool) -> tuple[ImageSet, ImageSet]:
-    """CIFAR-10 train and test sets from `data_dir`/cifar-10-batches-py, fetched when `download`."""
-
-    def load(train: bool) -> CIFAR10:
-        try:
-            return CIFAR10(data_dir, train=train, download=False)
-        except RuntimeError:
-            if not download:
-                raise DataUnavailableError(
-                    f"CIFAR-10 not found in {data_dir}/{CIFAR10.base_folder} (download disabled). Fix: put the "
-                    f"extracted {CIFAR10.filename} there, pass --data-dir DIR holding {CIFAR10.base_folder}, "
-                    f"or use --dataset synthetic"
-                ) from None
-        try:
-            return CIFAR10(data_dir, train=train, download=True)
-        except (OSError, RuntimeError) as error:  # URLError is an OSError; torchvision raises RuntimeError on bad md5
-            raise DataUnavailableError(
-                f"CIFAR-10 not found in {data_dir}/{CIFAR10.base_folder} and downloading {CIFAR10.url} failed "
-                f"({type(error).__name__}: {error}). Fix: download and extract it there when online, pass "
-                f"--data-dir DIR holding {CIFAR10.base_folder}, or use --dataset synthetic"
-            ) from None
-
-    def to_image_set(dataset: CIFAR10) -> ImageSet:
-        images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()  # torchvision keeps HWC
-        return ImageSet(images, torch.tensor(dataset.targets, dtype=torch.long))
-
-    return to_image_set(load(True)), to_image_set(load(False))
-
-
-def synthetic_cifar(
-    train_size: int, test_size: int, seed: int, device: torch.device | str = "cpu"
-) -> tuple[ImageSet, ImageSet]:
-    """A CIFAR-shaped 10-class set that a ResNet has to work for (see _draw_synthetic).
-
-    Generated on `device` by batched tensor ops (no per-sample Python); deterministic given
-    `seed` and the device type (CPU and CUDA random streams differ), so every rank of a
-    distributed run draws the same set.
-    """
-    generator = torch.Generator(device).manual_seed(seed)
-    return _draw_synthetic(train_size, generator), _draw_synthetic(test_size, generator)
-
-
-# Class k is texture family k % 5 at frequency level k // 5. A family is a sum of up to three
-# gratings at these angles (degrees; weight 0 pads a shorter family), each set closed under
-# mirroring so that flip augmentation never turns one class into another: stripes one way,
-# stripes the other way, a diagonal plaid, a hexagonal plaid, a square grid.
-_FAMILY_ANGLES = ((0, 0, 0), (90, 0, 0), (45, 135, 0), (0, 60, 120), (0, 90, 0))
-_FAMILY_WEIGHTS = ((1, 0, 0), (1, 0, 0), (1, 1, 0), (1, 1, 1), (1, 1, 0))
-_CYCLES = (2.5, 4.5)  # cycles per image width of the two frequency levels
-_CHUNK = 4096  # samples rendered at once: bounds the temporaries of CIFAR-10-sized sets
-
-
-def _draw_synthetic(size: int, generator: torch.Generator) -> ImageSet:
-    """`size` images. Each shows its class's texture in a Gaussian window of random position,
-    size, rotation (+-10 deg), frequency (+-12 %), phases and colour on a random background
-    colour, a 2-5x weaker window of another class's texture (a distractor), and pixel noise.
-    Colour, position and brightness say nothing about the class: only the texture does. At
-    `make train`'s settings a ResNet-18 reaches 80-90 % in 3 epochs, far from both 10 % and 100 %."""
-    device = generator.device
-
-    def uniform(low: float, high: float, *shape: int) -> torch.Tensor:
-        return low + (high - low) * torch.rand(*shape, generator=generator, device=device)
-
-    labels = torch.randint(NUM_CLASSES, (size,), generator=generator, device=device)
-    distractors = (labels + torch.randint(1, NUM_CLASSES, (size,), generator=generator, device=device)) % NUM_CLASSES
-    classes = torch.stack([labels, distractors], 1)  # (N, 2): index 0 the labelled window, 1 the distractor
-    families = classes % len(_FAMILY_ANGLES)
-    angles = torch.tensor(_FAMILY_ANGLES, dtype=torch.float32, device=device).deg2rad()[families]
-    angles = angles + uniform(-0.175, 0.175, size, 2, 1)  # +-10 degrees
-    weights = torch.tensor(_FAMILY_WEIGHTS, dtype=torch.float32, device=device)[families]
-    weights = weights / weights.sum(2, keepdim=True).sqrt()  # every family at the same contrast
-    cycles = torch.tensor(_CYCLES, device=device)[classes // len(_FAMILY_ANGLES)] * uniform(0.88, 1.12, size, 2)
-    frequencies = 2 * math.pi / IMAGE_SIZE * cycles
-    phases = uniform(0, 2 * math.pi, size, 2, 3)
-    centres = uniform(8, IMAGE_SIZE - 8, size, 2, 2)
-    widths = uniform(6, 10, size, 2)
-    strengths = torch.stack([torch.ones(size, device=device), uniform(0.2, 0.5, size)], 1)
-    colours = (uniform(0.3, 0.5, size, 2) * strengths)[..., None] * uniform(0.4, 1, size, 2, 3)
-    backgrounds = uniform(0.3, 0.7, size, 3)
-
-    coordinate = torch.arange(IMAGE_SIZE, dtype=torch.float32, device=device)
-    images = []
-    for chunk in torch.arange(size, device=device).split(_CHUNK):
-        # offsets from each window's centre: x is (n, 2, 1, W), y (n, 2, H, 1)
-        x = coordinate[None, None, None, :] - centres[chunk, :, 0, None, None]
-        y = coordinate[None, None, :, None] - centres[chunk, :, 1, None, None]
-        a = angles[chunk][..., None, None]  # (n, 2, 3, 1, 1)
-        along = x[:, :, None] * a.cos() + y[:, :, None] * a.sin()
-        gratings = torch.sin(frequencies[chunk][..., None, None, None] * along + phases[chunk][..., None, None])
-        texture = (weights[chunk][..., None, None] * gratings).sum(2)
-        window = torch.exp(-(x**2 + y**2) / (2 * widths[chunk][..., None, None] ** 2))
-        layers = (texture * window)[:, :, None] * colours[chunk][..., None, None]  # (n, 2, 3, H, W)
-        image = backgrounds[chunk][..., None, None] + layers.sum(1)
-        image = image + 0.08 * torch.randn(image.shape, generator=generator, device=device)
-        images.append((image.clamp(0, 1) * 255).round().to(torch.uint8))
-    return ImageSet(torch.cat(images), labels)
+    """CIFAR-10's train and test sets: load_dataset("cifar10", ...) without the class names."""
+    dataset = load_dataset("cifar10", data_dir, download=download)
+    return dataset.train, dataset.test
 
 
 def channel_statistics(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std of uint8 images on the [0, 1] scale, shaped (1, 3, 1, 1)."""
+    """Per-channel mean and std of uint8 images on the [0, 1] scale, shaped (1, 3, 1, 1).
+
+    Pass the training images only, after the validation split is removed: the statistics
+    normalise every split, so held-out images must not shape them."""
     scaled = images.float() / 255
     return scaled.mean(dim=(0, 2, 3), keepdim=True), scaled.std(dim=(0, 2, 3), keepdim=True)
 
@@ -194,12 +99,87 @@ def shuffled_batches(
 ) -> list[torch.Tensor]:
     """This rank's index batches for one epoch: every rank draws the same permutation (same
     generator state) and takes every world_size-th sample, so ranks see disjoint data.
-    The incomplete last batch is dropped so every step has the same size on every rank."""
+    Every rank keeps size // world_size samples and drops its incomplete last batch, so every
+    rank takes the same number of steps of the same size."""
     permutation = torch.randperm(size, generator=generator, device=generator.device)
-    per_rank = permutation[rank::world_size]
+    per_rank = permutation[rank::world_size][: size // world_size]
     steps = per_rank.shape[0] // batch_size
     if steps == 0:
         raise ValueError(
             f"batch_size: expected at most {per_rank.shape[0]} (the training samples per rank), got {batch_size}"
         )
     return list(per_rank[: steps * batch_size].view(steps, batch_size))
+
+
+class TrainBatches:
+    """One epoch of augmented training batches per iteration, like a DataLoader over `data` on its device.
+
+    Each iteration draws one permutation from `shuffle` (which every rank seeds alike, so they
+    agree on it; see shuffled_batches) and yields (inputs, labels) per step: the inputs
+    normalised and augmented by `augmenter` from `augment` (each rank's own stream), in
+    channels_last layout when asked. len() is the number of steps per epoch.
+    """
+
+    def __init__(
+        self,
+        data: ImageSet,
+        batch_size: int,
+        augmenter: DeviceAugmenter,
+        *,
+        shuffle: torch.Generator,
+        augment: torch.Generator,
+        rank: int = 0,
+        world_size: int = 1,
+        channels_last: bool = False,
+    ):
+        per_rank = len(data) // world_size
+        if not 1 <= batch_size <= per_rank:
+            raise ValueError(f"batch_size: expected 1..{per_rank} (the training samples per rank), got {batch_size}")
+        self.data, self.batch_size, self.augmenter = data, batch_size, augmenter
+        self.shuffle, self.augment = shuffle, augment
+        self.rank, self.world_size, self.channels_last = rank, world_size, channels_last
+
+    def __len__(self) -> int:
+        return len(self.data) // self.world_size // self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        batches = shuffled_batches(
+            len(self.data), self.batch_size, self.shuffle, rank=self.rank, world_size=self.world_size
+        )
+        for indices in batches:
+            inputs = self.augmenter(self.data.images[indices], self.augment)
+            yield _layout(inputs, self.channels_last), self.data.labels[indices]
+
+
+class EvaluationBatches:
+    """A held-out set's (inputs, labels) batches, normalised by `augmenter` and never augmented.
+
+    Each rank takes every world_size-th sample, so the ranks together cover the set once; the
+    last batch may be smaller. Iterable any number of times, in the same order.
+    """
+
+    def __init__(
+        self,
+        data: ImageSet,
+        batch_size: int,
+        augmenter: DeviceAugmenter,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        channels_last: bool = False,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+        self.images, self.labels = data.images[rank::world_size], data.labels[rank::world_size]
+        self.batch_size, self.augmenter, self.channels_last = batch_size, augmenter, channels_last
+
+    def __len__(self) -> int:
+        return math.ceil(self.labels.shape[0] / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for images, labels in zip(self.images.split(self.batch_size), self.labels.split(self.batch_size)):
+            yield _layout(self.augmenter.normalise(images), self.channels_last), labels
+
+
+def _layout(inputs: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return inputs.contiguous(memory_format=torch.channels_last) if channels_last else inputs
