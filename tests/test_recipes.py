@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from plasticnet.training import Trainer, cli
-from plasticnet.training.data import NUM_CLASSES
-from plasticnet.training.models import build_model
+NUM_CLASSES = 10
+from plasticnet.training.builders import build_model
 from plasticnet.training.run_dir import read_jsonl
 
 REDUCED = [
@@ -29,7 +29,7 @@ STAGE_ENTRIES = [(0, 1), (7, 8), (17, 18), (33, 34)]  # 7, 10, 16 and 7 nodes pe
 def test_plasticnet_2020_sets_the_original_training_settings():
     config = cli.parse_config(["--recipe", "plasticnet-2020"])
     assert {
-        k: config[k]
+        k: getattr(config, k)
         for k in (
             "model",
             "optimizer",
@@ -66,21 +66,21 @@ def test_plasticnet_2020_sets_the_original_training_settings():
         "stem": "imagenet",
         "base_width": 64,
     }
-    assert config["drop_count"] == 1
-    assert config["rewire_end"] == pytest.approx(0.9)  # no rewiring in the last of 10 epochs
+    assert config.drop_count == 1
+    assert config.rewire_end == pytest.approx(0.9)  # no rewiring in the last of 10 epochs
 
 
 def test_other_drop_criteria_of_the_original_are_flags_away():
-    assert cli.parse_config(["--recipe", "plasticnet-2020", "--drop", "gradient"])["drop_count"] == 1
-    assert cli.parse_config(["--recipe", "plasticnet-2020", "--drop", "threshold"])["drop_count"] == "fraction"
+    assert cli.parse_config(["--recipe", "plasticnet-2020", "--drop", "gradient"]).drop_count == 1
+    assert cli.parse_config(["--recipe", "plasticnet-2020", "--drop", "threshold"]).drop_count == "fraction"
     with pytest.raises(SystemExit):
         cli.parse_config(["--drop-count", "0"])
 
 
 def test_explicit_flags_win_over_the_recipe_even_when_equal_to_the_defaults():
     config = cli.parse_config(["--recipe", "plasticnet-2020", "--lr", "0.1", "--epochs", "3", "--augment"])
-    assert config["lr"] == 0.1 and config["epochs"] == 3 and config["augment"] is True  # 0.1 is --lr's default
-    assert config["optimizer"] == "adam" and config["batch_size"] == 50
+    assert config.lr == 0.1 and config.epochs == 3 and config.augment is True  # 0.1 is --lr's default
+    assert config.optimizer == "adam" and config.batch_size == 50
 
 
 def test_plasticnet_2020_builds_the_original_network():
@@ -100,7 +100,7 @@ def test_plasticnet_2020_builds_the_original_network():
 
 def test_resnet50_2020_is_the_static_resnet50_with_the_same_training():
     config = cli.parse_config(["--recipe", "resnet50-2020", *REDUCED])
-    assert config["model"] == "resnet50" and config["optimizer"] == "adam" and config["batch_size"] == 50
+    assert config.model == "resnet50" and config.optimizer == "adam" and config.batch_size == 50
     model = build_model(config, NUM_CLASSES)
     assert len(model.active_paths()) == 16  # ResNet-50's blocks
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, NUM_CLASSES)

@@ -12,7 +12,7 @@ from torch._dynamo.utils import counters as dynamo_counters
 from plasticnet.cli import main as plasticnet_main
 from plasticnet.training import Trainer, cli
 from plasticnet.training.checkpoint import load_checkpoint
-from plasticnet.training.loop import lr_factor
+from plasticnet.training.builders import lr_factor
 from plasticnet.training.plots import topology_timeline
 from plasticnet.training.run_dir import read_jsonl
 
@@ -127,6 +127,8 @@ def test_tiny_plastic_run_writes_the_whole_run_dir(tmp_path):
             "lr",
             "images_per_s",
             "active_paths",
+            "active_parameters",
+            "macs",
         }
         assert len(m["active_paths"]) == 8  # resnet18's budget: its 8 blocks
     events = read_jsonl(str(out / "events.jsonl"))

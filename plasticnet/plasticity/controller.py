@@ -7,6 +7,7 @@ probing); under DistributedDataParallel pass the wrapped module, not the wrapper
 """
 
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass
 
 import torch
@@ -39,6 +40,8 @@ _MODEL_API = (
     "probing",
 )
 _DEFAULT_THRESHOLD = 0.5
+REGROW_MODES = ("fresh", "reactivate")
+GROWN_GATES = ("zero", "ramp")
 
 
 @dataclass(frozen=True)
@@ -109,11 +112,20 @@ class PlasticityController:
       fraction_t = fraction * (1 + cos(pi * step / (end_fraction * total_steps))) / 2 (RigL);
       an int drops that many per rewire (the original PlasticNet dropped 1).
 
-    Never more paths are dropped than there are inactive candidates to replace them, a path
-    grown at one rewire cannot be dropped at the next, and a path dropped at a rewire is not
-    regrown by the same rewire. Grown paths start with gate 0 and fresh weights (the network's
-    function is unchanged by growth); the optimizer state of grown and dropped paths is deleted
-    and their statistics reset. Decisions and fresh weights come from a private generator
+    protect_rewires: a grown path cannot be dropped at the next `protect_rewires` rewires (0:
+      it may be dropped at the next one).
+    regrow: "fresh" gives a grown path fresh weights; "reactivate" keeps the weights it had
+      when it was dropped (or its initial ones).
+    grown_gate: "zero" starts a grown path at gate 0 (the network's function is unchanged by
+      growth); "ramp" gives it gate 1 and fades its join scale in from 0 to 1 over `interval`
+      steps (the model's `start_ramp`).
+
+    With a model whose `budget_per_stage` is set, every path dropped from a stage is replaced
+    by one grown in the same stage, so each stage keeps its count; a drop that its stage has no
+    inactive candidate to replace is not made. Never more paths are dropped than there are
+    inactive candidates to replace them, and a path dropped at a rewire is not regrown by the
+    same rewire. The optimizer state of grown and dropped paths is deleted and their
+    statistics reset. Decisions and fresh weights come from a private generator
     seeded by `seed`; the global RNG is left as it was. Under torch.distributed, scores are
     averaged across ranks before deciding, and every rank's active paths are compared before
     and after each rewire (RuntimeError on a mismatch). A step that does not rewire touches no
@@ -135,6 +147,9 @@ class PlasticityController:
         seed: int = 0,
         threshold: float | None = None,
         drop_count: str | int = "fraction",
+        protect_rewires: int = 1,
+        regrow: str = "fresh",
+        grown_gate: str = "zero",
     ):
         missing = [name for name in _MODEL_API if not hasattr(model, name)]
         if missing:
@@ -163,6 +178,14 @@ class PlasticityController:
                     f"drop_count: drop='threshold' drops every path below the threshold, "
                     f"so it takes no drop_count (got {drop_count!r})"
                 )
+        if isinstance(protect_rewires, bool) or not isinstance(protect_rewires, int) or protect_rewires < 0:
+            raise ValueError(f"protect_rewires: expected an int >= 0, got {protect_rewires!r}")
+        if regrow not in REGROW_MODES:
+            raise ValueError(f"regrow: expected one of {list(REGROW_MODES)}, got {regrow!r}")
+        if grown_gate not in GROWN_GATES:
+            raise ValueError(f"grown_gate: expected one of {list(GROWN_GATES)}, got {grown_gate!r}")
+        if grown_gate == "ramp" and not hasattr(model, "start_ramp"):
+            raise TypeError(f"grown_gate='ramp': the model ({type(model).__name__}) has no start_ramp(paths, steps)")
         held = {param for group in optimizer.param_groups for param in group["params"]}
         unheld = [
             path
@@ -183,10 +206,11 @@ class PlasticityController:
         self.schedule = RewireSchedule(fraction, interval, total_steps, end_fraction)
         self.threshold = _DEFAULT_THRESHOLD if threshold is None else float(threshold)
         self.drop_count = drop_count
+        self.protect_rewires, self.regrow, self.grown_gate = protect_rewires, regrow, grown_gate
         self.step_count = 0
         self.history: list[RewireEvent] = []
         self._generator = torch.Generator().manual_seed(seed)
-        self._protected: set[Path] = set()
+        self._protected: dict[Path, int] = {}  # grown path -> rewires it is still safe from being dropped
 
     def step(self, probe=None) -> RewireEvent | None:
         """Count one optimizer step; on a rewire step, rewire and return what changed.
@@ -211,9 +235,9 @@ class PlasticityController:
         _verify_same_topology(active, f"before the rewire at step {self.step_count}")
         growable = sorted(set(self.model.candidate_paths()) - set(active))
         droppable = [path for path in active if path not in self._protected]
-        dropped = self._choose_drops(droppable)[: len(growable)]
-        grown = self._choose_grows(growable, len(dropped), probe) if dropped else []
-        self._apply(active, [path for path, _ in dropped], [path for path, _ in grown])
+        dropped = self._replaceable(self._choose_drops(droppable), growable)
+        grown = self._choose_grows(growable, dropped, probe) if dropped else []
+        self._rewire_to(active, [path for path, _ in dropped], [path for path, _ in grown])
         _verify_same_topology(self.model.active_paths(), f"after the rewire at step {self.step_count}")
         return RewireEvent(self.step_count, dropped, grown)
 
@@ -230,14 +254,40 @@ class PlasticityController:
         )
         return weakest(scored, count)
 
-    def _choose_grows(self, growable: list[Path], count: int, probe) -> Scored:
+    def _stage_of(self, path: Path) -> int | None:
+        """The stage whose count the path belongs to; None when the model keeps one budget."""
+        return self.model.stage_of(path) if getattr(self.model, "budget_per_stage", None) is not None else None
+
+    def _replaceable(self, drops: Scored, growable: list[Path]) -> Scored:
+        """The drops, weakest first, that an inactive candidate of the same stage (any candidate
+        under one budget) can replace."""
+        room = Counter(self._stage_of(path) for path in growable)
+        kept = []
+        for path, score in drops:
+            stage = self._stage_of(path)
+            if room[stage] > 0:
+                room[stage] -= 1
+                kept.append((path, score))
+        return kept
+
+    def _choose_grows(self, growable: list[Path], dropped: Scored, probe) -> Scored:
+        """As many grows as drops, the strongest of each dropped path's stage."""
         if self.grow == "probe":
             scores = probe_contributions(self.model, growable, probe)
         else:
             # On the model's device so that all_reduce works on every backend (NCCL takes CUDA tensors only).
             device = self.model.path(*growable[0]).gate.device
             scores = random_keys(len(growable), self._generator).to(device)
-        return strongest(self._scored(growable, scores), count)
+        scored = self._scored(growable, scores)
+        wanted = Counter(self._stage_of(path) for path, _ in dropped)
+        return sorted(
+            (
+                item
+                for stage, count in wanted.items()
+                for item in strongest([(path, score) for path, score in scored if self._stage_of(path) == stage], count)
+            ),
+            key=lambda item: (-item[1], item[0]),
+        )
 
     def _scored(self, paths: list[Path], scores: torch.Tensor) -> Scored:
         values = _average_across_ranks(scores).tolist()  # the one host synchronisation of a decision
@@ -249,35 +299,42 @@ class PlasticityController:
             )
         return list(zip(paths, values))
 
-    def _apply(self, active: list[Path], dropped: list[Path], grown: list[Path]) -> None:
-        self._protected = set(grown)
+    def _rewire_to(self, active: list[Path], dropped: list[Path], grown: list[Path]) -> None:
+        self._protected = {path: left - 1 for path, left in self._protected.items() if left > 1}
+        self._protected.update({path: self.protect_rewires for path in grown if self.protect_rewires > 0})
         if not dropped:
             return
         for path in grown:
-            self._reinitialize(path)
+            self._prepare_growth(path)
         self.model.set_active(sorted(set(active).difference(dropped).union(grown)))
+        if self.grown_gate == "ramp":
+            self.model.start_ramp(grown, self.schedule.interval)
         for path in dropped + grown:
             # Momentum or Adam moments of a path's previous life would steer its fresh weights.
             for param in self.model.path(*path).parameters():
                 self.optimizer.state.pop(param, None)
         self.model.reset_path_statistics(dropped + grown)
 
-    def _reinitialize(self, path: Path) -> None:
-        """Fresh weights drawn from a seed of the controller's generator, in a forked global RNG:
-        every rank draws the same weights (DDP broadcasts parameters only at construction), a
-        resumed run draws them again, and the training's own random stream is left untouched."""
-        seed = int(torch.randint(2**62, (1,), generator=self._generator))
-        cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-        with torch.random.fork_rng(devices=cuda_devices):
-            torch.manual_seed(seed)
-            self.model.reinitialize_path(*path)
+    def _prepare_growth(self, path: Path) -> None:
+        """Weights and gate of a path about to grow. Fresh weights are drawn from a seed of the
+        controller's generator, in a forked global RNG: every rank draws the same weights (DDP
+        broadcasts parameters only at construction), a resumed run draws them again, and the
+        training's own random stream is left untouched."""
+        seed = int(torch.randint(2**62, (1,), generator=self._generator))  # drawn in both modes: one stream
+        if self.regrow == "fresh":
+            cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+            with torch.random.fork_rng(devices=cuda_devices):
+                torch.manual_seed(seed)
+                self.model.reinitialize_path(*path)  # fresh body, gate 0
+        with torch.no_grad():
+            self.model.path(*path).gate.fill_(1.0 if self.grown_gate == "ramp" else 0.0)
 
     def state_dict(self) -> dict:
         """Plain Python values and one tensor: loads with torch.load(weights_only=True)."""
         return {
             "step_count": self.step_count,
             "generator": self._generator.get_state(),
-            "protected": sorted(self._protected),
+            "protected": sorted([i, j, left] for (i, j), left in self._protected.items()),
             "history": [asdict(event) for event in self.history],
         }
 
@@ -287,5 +344,6 @@ class PlasticityController:
             raise ValueError(f"state: expected a PlasticityController state_dict, missing keys {sorted(missing)}")
         self.step_count = int(state["step_count"])
         self._generator.set_state(state["generator"])
-        self._protected = {(int(i), int(j)) for i, j in state["protected"]}
+        # entries [i, j, rewires left]; states saved before protection had a length hold [i, j] (1 left)
+        self._protected = {(int(e[0]), int(e[1])): int(e[2]) if len(e) > 2 else 1 for e in state["protected"]}
         self.history = [RewireEvent.from_dict(event) for event in state["history"]]

@@ -1,25 +1,26 @@
 """curves.png (loss and accuracy per epoch, from metrics.jsonl) and topology.png (active
-paths over the optimizer steps, from events.jsonl). Matplotlib's Agg backend: no display needed."""
+paths over the optimizer steps, from events.jsonl).
 
-import matplotlib
+Figures are drawn with matplotlib.figure.Figure and saved through its own canvas, not pyplot:
+no display, no global backend switch, nothing changed for a user's own plots.
+"""
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-from plasticnet.training.checkpoint import atomic_write  # noqa: E402
+from plasticnet.training.checkpoint import atomic_write
 
 
-def _save(figure, path: str) -> None:
+def _save(figure: Figure, path: str) -> None:
     atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=120))
-    plt.close(figure)
 
 
 def plot_curves(metrics: list[dict], path: str) -> None:
     epochs = [m["epoch"] for m in metrics]
-    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(10, 4))
-    for split in ("train", "test"):
+    figure = Figure(figsize=(10, 4))
+    loss_axes, accuracy_axes = figure.subplots(1, 2)
+    for split in [s for s in ("train", "val", "test") if f"{s}_acc" in metrics[0]]:
         loss_axes.plot(epochs, [m[f"{split}_loss"] for m in metrics], marker="o", label=split)
         accuracy_axes.plot(epochs, [100 * m[f"{split}_acc"] for m in metrics], marker="o", label=split)
     loss_axes.set(xlabel="epoch", ylabel="loss", title="loss")
@@ -55,7 +56,8 @@ def plot_topology(metrics: list[dict], events: list[dict], path: str) -> None:
         for p in snapshot:
             active[row[tuple(p)], column] = 1
     edges = [step for step, _ in timeline] + [max(metrics[-1]["step"], timeline[-1][0] + 1)]
-    figure, axes = plt.subplots(figsize=(8, max(3.0, 0.18 * len(paths) + 1.5)))
+    figure = Figure(figsize=(8, max(3.0, 0.18 * len(paths) + 1.5)))
+    axes = figure.subplots()
     axes.pcolormesh(edges, np.arange(len(paths) + 1) - 0.5, active, cmap="Greys", vmin=0, vmax=1)
     for m in metrics:
         axes.axvline(m["step"], color="tab:blue", linestyle=":", linewidth=1)

@@ -1,0 +1,49 @@
+"""Everything a run needs to continue exactly where it stopped: model, optimizer, lr schedule,
+controller, random streams and counters, saved and restored as one checkpoint."""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from plasticnet.plasticity import PlasticityController
+from plasticnet.training.checkpoint import restore_rng_states, rng_states
+from plasticnet.training.config import TrainConfig
+
+
+@dataclass
+class TrainingState:
+    """The checkpointable part of a run. `best_score` is the accuracy that picks best.pt: on the
+    validation split when the run has one, else on the test split."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    controller: PlasticityController | None
+    generators: dict[str, torch.Generator]
+    epoch: int = 0
+    step: int = 0
+    best_score: float = -1.0
+
+    def state_dict(self, config: TrainConfig) -> dict:
+        """Tensors and plain Python values only: loads with torch.load(weights_only=True)."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "controller": self.controller.state_dict() if self.controller is not None else None,
+            "rng": rng_states(self.generators),
+            "epoch": self.epoch,
+            "step": self.step,
+            "best_accuracy": self.best_score,
+            "config": config.to_json(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.controller is not None:
+            self.controller.load_state_dict(state["controller"])
+        restore_rng_states(state["rng"], self.generators)
+        self.epoch, self.step, self.best_score = state["epoch"], state["step"], state["best_accuracy"]
