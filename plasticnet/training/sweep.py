@@ -97,6 +97,11 @@ def _model(name: str) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "example: plasticnet sweep runs/cmp --models resnet18,plastic-resnet18 --budgets 8,6,4 --seeds 0,1,2 "
+        "--train --dataset cifar10 --epochs 30. Run the same command again to continue a sweep that stopped; "
+        "then plasticnet report runs/cmp."
+    )
     parser.add_argument("root", metavar="ROOT", help="the sweep's directory: ROOT/sweep.json and one run dir per run")
     parser.add_argument(
         "--models",
@@ -108,7 +113,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--budgets",
         type=_comma_list(int, "integers", minimum=1),
         default=None,
-        help="comma-separated active residual blocks (None: each architecture's default, no --budget)",
+        help="comma-separated active residual blocks, each passed to its runs as --budget (None: no --budget, "
+        "the architectures' defaults)",
     )
     parser.add_argument("--seeds", type=_comma_list(int, "integers"), default="0,1,2", help="comma-separated seeds")
     parser.add_argument(
