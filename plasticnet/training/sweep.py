@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from plasticnet.training import cli as train_cli
 from plasticnet.training.checkpoint import atomic_write
-from plasticnet.training.models import MODELS
+from plasticnet.training.config import MODELS
 from plasticnet.training.report import is_finished
 from plasticnet.training.run_dir import LAST, METRICS, read_config, read_jsonl
 
