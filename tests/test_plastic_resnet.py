@@ -1,5 +1,6 @@
-"""PlasticResNet: the ordinary ResNet at init="resnet", topology API, gradients only for active
-paths, state_dict round trips, probing, torch.compile, channels_last, the issue-10 network."""
+"""PlasticResNet: the ordinary ResNet at init="resnet", gradients only for active paths,
+state_dict round trips, probing, torch.compile, channels_last, the original PlasticNet's network
+(its topology API is tested in test_topology.py)."""
 
 import copy
 import itertools
@@ -89,57 +90,6 @@ def test_resnet_init_computes_torchvision_resnet(arch):
     torch.testing.assert_close(model.path(0, 1).body.conv1.weight.grad, tv.layer1[0].conv1.weight.grad)
 
 
-def test_random_init_is_deterministic_by_seed_and_keeps_budget():
-    def topology(seed, budget):
-        return PlasticResNet(init="random", seed=seed, budget=budget, **TINY).active_paths()
-
-    assert topology(3, 6) == topology(3, 6)
-    draws = {tuple(topology(seed, 6)) for seed in range(4)}
-    assert len(draws) > 1
-    assert all(len(d) == 6 for d in draws)
-    model = PlasticResNet(init="random", seed=0, budget=5, initial_paths=[(0, 2), (7, 8)], **TINY)
-    assert len(model.active_paths()) == model.budget == 5
-    assert {(0, 2), (7, 8)} <= set(model.active_paths()) <= set(model.candidate_paths())
-
-
-def test_candidate_set_respects_span_and_resolution_changes():
-    model = PlasticResNet(max_span=3, **TINY)
-    for i, j in model.candidate_paths():
-        assert 1 <= j - i <= 3
-        assert sum(s != 1 for s in model.trunk_strides[i:j]) <= 1
-    # resnet18 nodes: strided trunk positions enter nodes 3, 5 and 7
-    assert (2, 5) not in model.candidate_paths() and (3, 5) in model.candidate_paths()
-    assert (2, 5) in PlasticResNet(max_span=3, max_resolution_changes=2, **TINY).candidate_paths()
-
-
-@pytest.mark.parametrize(
-    "paths, error, match",
-    [
-        ([(0, 1), (0, 1)], ValueError, "listed twice"),
-        ([(0, 5)], ValueError, "not a candidate"),
-        ([(1, 1)], ValueError, "not a candidate"),
-        ([(0, "x")], TypeError, "pairs of ints"),
-        ([(0, 1, 2)], TypeError, "pairs of ints"),
-        ("0_1", TypeError, "iterable of"),
-        ([(0, 1), (1, 2)], ValueError, r"expected 8 paths \(the budget\), got 2"),
-    ],
-)
-def test_set_active_rejects_bad_paths(paths, error, match):
-    model = PlasticResNet(**TINY)
-    before = model.active_paths()
-    with pytest.raises(error, match=match):
-        model.set_active(paths)
-    assert model.active_paths() == before
-
-
-def test_set_active_changes_the_budget_only_when_told():
-    model = PlasticResNet(max_span=2, **TINY)
-    model.set_active([(0, 2), (2, 3)], keep_budget=False)
-    assert model.budget == 2 and model.active_paths() == [(0, 2), (2, 3)]
-    with pytest.raises(ValueError, match="expected 2 paths"):
-        model.set_active([(0, 1)])
-
-
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -154,6 +104,10 @@ def test_set_active_changes_the_budget_only_when_told():
         (dict(initial_paths=[(0, 1)]), "initial_paths: only init='random'"),
         (dict(init="random", budget=1, initial_paths=[(0, 1), (1, 2)]), "at most budget=1"),
         (dict(arch="resnet18", groups=2), "basic bodies support only"),
+        (dict(budget_per_stage=(2, 2, 2)), "budget_per_stage: expected 4 values"),
+        (dict(init="random", budget_per_stage=(4, 2, 2, 2)), "stage 0 has 3 candidate paths"),
+        (dict(init="random", budget=8, budget_per_stage=(2, 2, 2, 1)), "sums to 7, but budget is 8"),
+        (dict(budget_per_stage=(3, 1, 2, 2)), "budget_per_stage: init='resnet'"),
     ],
 )
 def test_constructor_rejects_bad_options(kwargs, match):
@@ -284,14 +238,6 @@ def test_reset_path_statistics_forgets_only_the_given_paths():
     assert (after[reset] == 0).all() and (before[reset] > 0).all()
     keep = [k for k in range(len(before)) if k not in reset]
     torch.testing.assert_close(after[keep], before[keep])
-
-
-def test_topology_summary_lists_stages_and_active_gates():
-    model = PlasticResNet("resnet34", **TINY)
-    text = model.topology()
-    assert "17 nodes" in text and "16 of" in text and "budget 16" in text
-    assert "stage 2: nodes 8..13 (6)" in text
-    assert text.count("+1.0000") == 16
 
 
 @pytest.mark.parametrize("compile_whole", [True, False], ids=["model", "parts"])

@@ -8,9 +8,8 @@ from helpers import randomize_batchnorm
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from plasticnet.models import PlasticResNet
+from plasticnet.models import PlasticResNet, plasticize
 from plasticnet.nn.blocks import FusedBasicBlock
-from plasticnet.nn.plasticize import plasticize
 
 # torchvision's own models (resnet152: the deepest, 50 nodes) and small members of each family
 # (wide_resnet50_2 is this class with width_per_group=128; fewer blocks keep the test fast).

@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from plasticnet.ops import available_backends, residual_aggregate, residual_aggregate_backward_reference
-from plasticnet.plasticity import PathScores
+from plasticnet.ops import PathScores, available_backends, residual_aggregate, residual_aggregate_backward_reference
 
 BACKENDS = available_backends("cpu")
 

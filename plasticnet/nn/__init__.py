@@ -1,7 +1,6 @@
-"""Neural-network modules: fused drop-in ResNet blocks and model conversion."""
+"""Neural-network modules: fused drop-in ResNet blocks, and fuse() to swap them into a ResNet."""
 
 from plasticnet.nn.blocks import FusedBasicBlock, FusedBottleneck
 from plasticnet.nn.fuse import fuse
-from plasticnet.nn.plasticize import plasticize
 
-__all__ = ["FusedBasicBlock", "FusedBottleneck", "fuse", "plasticize"]
+__all__ = ["FusedBasicBlock", "FusedBottleneck", "fuse"]
