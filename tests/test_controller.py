@@ -13,9 +13,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from plasticnet.models import PlasticResNet
-from plasticnet.ops import residual_aggregate
-from plasticnet.plasticity import PathScores
+from plasticnet.models import PlasticResNet, Topology
+from plasticnet.ops import PathScores, residual_aggregate
 from plasticnet.plasticity.controller import PlasticityController
 from plasticnet.plasticity.criteria import strongest, weakest
 from plasticnet.plasticity.schedules import RewireSchedule, cosine_drop_fraction
@@ -31,57 +30,63 @@ class TinyPath(nn.Module):
 
 
 class TinyPlasticNet(nn.Module):
-    """The PlasticResNet API on vectors: nodes 0..depth, candidates (i, j) with j - i <= max_span,
-    node j = n_{j-1} + sum of the gated active paths into j (probed ones with gate 0)."""
+    """The PlasticResNet API on vectors, its bookkeeping kept by a Topology: nodes 0..depth (one
+    stage, or nodes_per_stage), candidates (i, j) with j - i <= max_span, node j = n_{j-1} + sum
+    of the gated active paths into j (probed ones with gate 0). It starts as the chain (j-1 -> j),
+    or with budget_per_stage from a random topology of those counts."""
 
-    def __init__(self, depth: int = 6, width: int = 5, max_span: int = 3):
+    def __init__(
+        self, depth: int = 6, width: int = 5, max_span: int = 3, *, nodes_per_stage=None, budget_per_stage=None
+    ):
         super().__init__()
-        self._candidates = [(i, j) for i in range(depth) for j in range(i + 1, min(depth, i + max_span) + 1)]
-        self._sources_into = {j: [i for i, jj in self._candidates if jj == j] for j in range(1, depth + 1)}
+        self._topology = Topology(nodes_per_stage or (depth,), max_span=max_span, budget_per_stage=budget_per_stage)
         self.stem = nn.Linear(FEATURES, width)
         self.head = nn.Linear(width, CLASSES)
-        self.paths = nn.ModuleDict({f"{i}_{j}": TinyPath(width) for i, j in self._candidates})
-        self.scores = nn.ModuleDict({str(j): PathScores(len(sources)) for j, sources in self._sources_into.items()})
-        self.budget = depth
-        self._active: list = []
-        self._probed: list = []
-        self.set_active([(j - 1, j) for j in range(1, depth + 1)])
+        self.paths = nn.ModuleDict({f"{i}_{j}": TinyPath(width) for i, j in self.candidate_paths()})
+        nodes = range(1, self._topology.num_nodes + 1)
+        self.scores = nn.ModuleList(PathScores(len(self._topology.sources_into(j))) for j in nodes)
+        init = "resnet" if budget_per_stage is None else "random"
+        self.set_active(self._topology.initial_topology(init, seed=0))
+
+    budget = property(lambda self: self._topology.budget)
+    budget_per_stage = property(lambda self: self._topology.budget_per_stage)
+
+    def stage_of(self, path):
+        return self._topology.stage_of(path)
 
     def candidate_paths(self):
-        return list(self._candidates)
+        return self._topology.candidate_paths()
 
     def active_paths(self):
-        return list(self._active)
+        return self._topology.active_paths()
 
     def path(self, i, j):
         return self.paths[f"{i}_{j}"]
 
     def gates(self):
-        return {p: self.path(*p).gate.detach() for p in self._active}
+        return {p: self.path(*p).gate.detach() for p in self.active_paths()}
 
-    def _slot(self, path):
-        return self._sources_into[path[1]].index(path[0])
+    def _slots(self, j, sources):
+        return [self._topology.site_slot((i, j))[1] for i in sources]
 
     def _sync(self):
-        for p in self._candidates:
-            self.path(*p).requires_grad_(p in self._active)
-        for j, site in self.scores.items():
-            site.set_computed([self._slot(p) for p in self._active + self._probed if p[1] == int(j)])
+        active = set(self.active_paths())
+        for p in self.candidate_paths():
+            self.path(*p).requires_grad_(p in active)
+        for j, site in enumerate(self.scores, start=1):
+            site.set_computed(self._slots(j, self._topology.computed_sources(j)[0]))
 
     def set_active(self, paths, *, keep_budget=True):
-        assert not keep_budget or len(paths) == self.budget, "the controller must keep the budget"
-        self.budget = len(paths)
-        self._active = sorted(paths)
+        self._topology.set_active(paths, keep_budget=keep_budget)  # the controller must keep the budget
         self._sync()
 
     @contextlib.contextmanager
     def probing(self, paths):
-        self._probed = list(paths)
-        self._sync()
         try:
-            yield self
+            with self._topology.probing(paths):
+                self._sync()
+                yield self
         finally:
-            self._probed = []
             self._sync()
 
     @torch.no_grad()
@@ -90,30 +95,34 @@ class TinyPlasticNet(nn.Module):
         self.path(i, j).gate.zero_()
 
     def path_statistics(self):
+        where = [self._topology.site_slot(p) for p in self.candidate_paths()]
         return {
-            name: torch.stack([getattr(self.scores[str(j)], name)[self._slot((i, j))] for i, j in self._candidates])
+            name: torch.stack([getattr(self.scores[site], name)[slot] for site, slot in where])
             for name in ("taylor", "grow", "last", "updates")
         }
 
     def reset_path_statistics(self, paths):
         for p in paths:
-            self.scores[str(p[1])].reset([self._slot(p)])
+            site, slot = self._topology.site_slot(p)
+            self.scores[site].reset([slot])
 
     def forward(self, x):
         nodes = [self.stem(x)]
-        for j, sources in self._sources_into.items():
-            computed = [(i, j) for i in sources if (i, j) in self._active + self._probed]
-            gates = [self.path(*p).gate if p in self._active else x.new_zeros(()) for p in computed]
+        for j, site in enumerate(self.scores, start=1):
+            sources, num_active = self._topology.computed_sources(j)
+            gates = [self.path(i, j).gate for i in sources[:num_active]] + [x.new_zeros(())] * (
+                len(sources) - num_active
+            )
             gates = torch.stack(gates) if gates else x.new_zeros(0)
             nodes.append(
                 residual_aggregate(
                     nodes[-1],
-                    [self.path(*p).body(nodes[p[0]]) for p in computed],
+                    [self.path(i, j).body(nodes[i]) for i in sources],
                     gates,
                     torch.ones_like(gates),
                     activation="none",
-                    scores=self.scores[str(j)],
-                    slots=torch.tensor([self._slot(p) for p in computed], dtype=torch.long),
+                    scores=site,
+                    slots=torch.tensor(self._slots(j, sources), dtype=torch.long),
                 )
             )
         return self.head(nodes[-1])
@@ -275,8 +284,8 @@ def set_gradient_sum(model, path, value):
 
 
 def set_taylor(model, path, value):
-    i, j = path
-    model.scores[str(j)].taylor[model._sources_into[j].index(i)] = value
+    site, slot = model._topology.site_slot(path)
+    model.scores[site].taylor[slot] = value
 
 
 @pytest.mark.parametrize(
