@@ -136,7 +136,10 @@ def test_finished_runs_are_skipped_interrupted_resumed_and_early_deaths_restarte
     ]
     assert sorted(os.listdir(died)) == ["config.json", "last.pt", "metrics.jsonl", "train.log"]
     assert (died / "train.log").read_text().startswith("the attempt that died\n==== ")
-    assert "2 runs in" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"[1/2] {interrupted}: resuming from last.pt\n" in out
+    assert f"[2/2] {died}: training afresh" in out
+    assert out.endswith("1 trained (1 of them restarted), 1 resumed, 0 skipped (already finished)\n")
     fake.commands.clear()
     assert plasticnet_main([*argv, "--train", "--epochs", "2"]) == 0
     assert fake.commands == []

@@ -36,6 +36,13 @@ SWEEP_FILE = "sweep.json"
 LOG = "train.log"
 # train options the sweep sets for each run itself
 SET_PER_RUN = ("model", "budget", "seed", "out", "resume")
+# what the sweep does with a run dir, as it says so
+PROGRESS = {
+    "trained": "training",
+    "restarted": "training afresh (it stopped before its first checkpoint)",
+    "resumed": "resuming from last.pt",
+    "skipped": "finished already, skipped",
+}
 
 
 @dataclass(frozen=True)
@@ -229,7 +236,7 @@ def run_sweep(root: str, spec: SweepSpec) -> Counter:
     counts = Counter()
     runs = spec.runs()
     bar = tqdm(runs, desc="sweep", unit="run", disable=None)  # None: no bar when stderr is not a terminal
-    for run in bar:
+    for index, run in enumerate(bar, 1):
         run_dir = os.path.join(root, run.name)
         if not os.path.isdir(run_dir):
             action = "trained"
@@ -241,6 +248,7 @@ def run_sweep(root: str, spec: SweepSpec) -> Counter:
         else:
             action = "resumed"
         bar.set_postfix_str(f"{run.name}: {action}")
+        tqdm.write(f"[{index}/{len(runs)}] {run_dir}: {PROGRESS[action]}")
         if action != "skipped":
             _train(run, run_dir, spec.train_args, resume=action == "resumed")
         counts[action] += 1
