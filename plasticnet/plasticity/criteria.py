@@ -11,11 +11,13 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-Path = tuple[int, int]
-Scored = list[tuple[Path, float]]
+from plasticnet.plasticity.protocol import PathId
+
+Path = PathId  # transitional: controller.py still imports this name; delete once it imports PathId
+Scored = list[tuple[PathId, float]]
 
 
-def path_statistic(model, name: str, paths: Sequence[Path]) -> torch.Tensor:
+def path_statistic(model, name: str, paths: Sequence[PathId]) -> torch.Tensor:
     """One of model.path_statistics() ("taylor", "grow", "last", "updates") for `paths`."""
     statistic = model.path_statistics()[name]
     position = {path: k for k, path in enumerate(model.candidate_paths())}
@@ -23,13 +25,13 @@ def path_statistic(model, name: str, paths: Sequence[Path]) -> torch.Tensor:
     return statistic.index_select(0, index).float()
 
 
-def gate_magnitudes(model, paths: Sequence[Path]) -> torch.Tensor:
+def gate_magnitudes(model, paths: Sequence[PathId]) -> torch.Tensor:
     """|g|: the original PlasticNet's "lowest" criterion (and the "threshold" one)."""
     gates = model.gates()
     return torch.stack([gates[path].detach().abs().float() for path in paths])
 
 
-def gradient_magnitudes(model, paths: Sequence[Path]) -> torch.Tensor:
+def gradient_magnitudes(model, paths: Sequence[PathId]) -> torch.Tensor:
     """Summed |grad W| over each path's body parameters, as left by the latest backward."""
     sums = []
     for path in paths:
@@ -43,7 +45,7 @@ def gradient_magnitudes(model, paths: Sequence[Path]) -> torch.Tensor:
     return torch.stack(sums)
 
 
-def taylor_scores(model, paths: Sequence[Path]) -> torch.Tensor:
+def taylor_scores(model, paths: Sequence[PathId]) -> torch.Tensor:
     """EMA of |g * c|: the first-order estimate of the loss change from dropping the path."""
     return path_statistic(model, "taylor", paths)
 
@@ -58,7 +60,7 @@ DROP_CRITERIA = tuple(DROP_SCORES)
 GROW_CRITERIA = ("random", "probe")
 
 
-def probe_contributions(model, paths: Sequence[Path], closure: Callable[[], object]) -> torch.Tensor:
+def probe_contributions(model, paths: Sequence[PathId], closure: Callable[[], object]) -> torch.Tensor:
     """|c| of each inactive candidate in `paths` from one forward/backward (run by `closure`)
     that computes them with gate 0, so the loss is that of the current network.
 
