@@ -313,3 +313,11 @@ def test_synthetic_data_is_learned_well_above_chance_in_two_epochs_but_not_solve
     # chance is 0.1 (seeds 0-2 reach 0.76-0.90); a set solved this fast (the first synthetic
     # set reached 1.0 in one epoch) could not tell one network from another in offline runs
     assert 0.5 < metrics[-1]["test_acc"] < 0.97
+
+
+def test_resume_restores_the_metrics_line_of_a_run_killed_right_after_its_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    assert run_cli([*TINY_ARGS, "--model", "resnet18", "--epochs", "1", "--out", str(out)]) == 0
+    (out / "metrics.jsonl").write_text("")  # killed between last.pt and the metrics line
+    assert run_cli(["--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
+    assert [m["epoch"] for m in read_jsonl(str(out / "metrics.jsonl"))] == [1, 2]

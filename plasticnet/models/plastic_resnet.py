@@ -21,6 +21,7 @@ from torch import nn
 
 from plasticnet.models.architectures import ARCHITECTURES
 from plasticnet.models.compilation import compile_each
+from plasticnet.models.fade_in import FadeIn
 from plasticnet.models.path import (
     BODIES,
     EXPANSION,
@@ -31,6 +32,7 @@ from plasticnet.models.path import (
     last_norm,
     make_body,
 )
+from plasticnet.models.summary import describe
 from plasticnet.models.topology import INITS, PathId, Topology, check_positive_ints
 from plasticnet.models.trunk import make_projection, make_stem
 from plasticnet.ops import ACTIVATIONS, BACKENDS, PathScores, residual_aggregate
@@ -54,13 +56,13 @@ class _JoinPlan:
     sources: list[tuple[str, int]]
     num_active: int
     slots: torch.Tensor  # slot in the site's PathScores of each computed path, on the model's device
+    scaled: torch.Tensor | None  # candidate index of each computed path while one of them is faded in, else None
 
 
 class PlasticResNet(nn.Module):
     """A plastic ResNet (see the module docstring for the network).
 
-    Arguments (the first rows express torchvision's ResNets; the options other networks, such
-    as the original PlasticNet, through the same builder):
+    Arguments (torchvision's ResNets; the options express others, e.g. the original PlasticNet):
       arch           "resnet18" / "resnet34" (BasicBlock bodies), "resnet50" / "resnet101" /
                      "resnet152" (Bottleneck bodies): body kind and default nodes_per_stage.
       num_classes    outputs of the final fc layer.
@@ -77,9 +79,9 @@ class PlasticResNet(nn.Module):
                      and a 3x3 max-pool of stride `stem_pool_stride`, default 2).
       backend        residual_aggregate backend of every join (None: fastest available).
     Options:
-      nodes_per_stage, stage_widths, stage_strides  per stage: its nodes, their channels, and
-                     the stride entering it (default (1, 2, 2, 2)).
-      stem_width, stem_pool_stride  channels of n_0 (default base_width); the max-pool's stride.
+      nodes_per_stage, stage_widths, stage_strides  per stage: its nodes, their channels, the
+                     stride entering it (default (1, 2, 2, 2)); stem_width, stem_pool_stride:
+                     channels of n_0 (default base_width), the max-pool's stride.
       projection     trunk projection where the shape changes: "conv1x1" (strided 1x1 conv +
                      BN, torchvision's downsample) or "conv3x3" (3x3 conv + BN).
       body, groups, width_per_group, norm_layer  body kind (overriding the arch's), Bottleneck
@@ -96,8 +98,8 @@ class PlasticResNet(nn.Module):
 
     Attributes: num_nodes (D), node_channels (n_0..n_D), node_stage (-1 for n_0), trunk_strides
     (T_1..T_D), max_span, max_resolution_changes; modules stem, trunk (trunk[j-1] = T_j), paths
-    (key "i_j"), scores (scores[j-1] = PathScores of node j), avgpool, fc; buffer `active` (bool
-    per candidate path, in candidate_paths() order).
+    (key "i_j"), scores (scores[j-1] = PathScores of node j), avgpool, fc; buffers `active` (bool
+    per candidate path, in candidate_paths() order) and `join_scale` (m per candidate, see start_ramp).
     """
 
     def __init__(
@@ -201,6 +203,9 @@ class PlasticResNet(nn.Module):
                 nn.init.zeros_(last_norm(path.body).weight)
 
         self.register_buffer("active", torch.zeros(len(topology.candidate_paths()), dtype=torch.bool))
+        # m_k of the fused join per candidate: 1 except for paths being faded in (start_ramp)
+        self.register_buffer("join_scale", torch.ones(len(topology.candidate_paths())), persistent=False)
+        self._fade_in = FadeIn()
         self._plans: list[_JoinPlan] = []
         self.register_load_state_dict_post_hook(_sync_after_load)
         self.set_active(topology.initial_topology(init, initial_paths, seed))
@@ -230,10 +235,7 @@ class PlasticResNet(nn.Module):
     # ---- topology ----
 
     budget = property(lambda self: self._topology.budget, doc="Number of active paths that set_active() keeps.")
-    budget_per_stage = property(
-        lambda self: self._topology.budget_per_stage,
-        doc="Active paths per stage that set_active() keeps; None when only the total counts.",
-    )
+    budget_per_stage = property(lambda self: self._topology.budget_per_stage, doc="Per stage; None: only the total.")
 
     def stage_of(self, path: PathId) -> int:
         """The stage of the candidate path (i -> j): that of node j."""
@@ -294,12 +296,28 @@ class PlasticResNet(nn.Module):
             computed, num_active = self._topology.computed_sources(j)
             slots = [self._topology.site_slot((i, j))[1] for i in computed]
             self.scores[j - 1].set_computed(slots)
+            index = [self.candidate_paths().index((i, j)) for i in computed]
+            scaled = None if not any((i, j) in self._fade_in for i in computed) else torch.tensor(index, device=device)
             slots_on_device = torch.tensor(slots, dtype=torch.long, device=device)
-            self._plans.append(_JoinPlan([(self._key(i, j), i) for i in computed], num_active, slots_on_device))
+            sources = [(self._key(i, j), i) for i in computed]
+            self._plans.append(_JoinPlan(sources, num_active, slots_on_device, scaled))
+
+    def start_ramp(self, paths: Iterable[PathId], steps: int) -> None:
+        """Fade `paths` in: their join scale m (the op's mask) goes 0 -> 1 over `steps` advance_ramp()s."""
+        self._fade_in.start(self._topology.check_paths("paths", paths), steps)
+        self.advance_ramp(steps=0)
+
+    def advance_ramp(self, steps: int = 1) -> None:
+        """One step of every fade-in in progress (no tensor touched when none is)."""
+        if self._fade_in:
+            for _ in range(steps):
+                self._fade_in.advance()
+            self.join_scale.copy_(self._fade_in.scales(self.candidate_paths()))
+            self._sync_topology()
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
-        self._sync_topology()  # the plans' slot tensors follow the model's device
+        self._sync_topology()  # the plans' index tensors follow the model's device
         return self
 
     # ---- forward ----
@@ -314,12 +332,13 @@ class PlasticResNet(nn.Module):
                 trunk.new_zeros((), dtype=torch.float32)
             ] * (len(plan.sources) - plan.num_active)
             gates = torch.stack(gates) if gates else trunk.new_zeros(0, dtype=torch.float32)
+            mask = torch.ones_like(gates) if plan.scaled is None else self.join_scale.index_select(0, plan.scaled)
             nodes.append(
                 residual_aggregate(
                     trunk,
                     branches,
                     gates,
-                    torch.ones_like(gates),
+                    mask,
                     activation=self.join_activation,
                     backend=self.backend,
                     scores=self.scores[j - 1],
@@ -377,20 +396,4 @@ class PlasticResNet(nn.Module):
 
     def topology(self) -> str:
         """A readable summary: nodes per stage and the active paths with their gates."""
-        per_stage = "" if self.budget_per_stage is None else f", per stage {self.budget_per_stage}"
-        lines = [
-            f"PlasticResNet({self.arch}, {self.body_kind} bodies): {self.num_nodes + 1} nodes, "
-            f"{len(self.active_paths())} of {len(self.candidate_paths())} candidate paths active "
-            f"(budget {self.budget}{per_stage})"
-        ]
-        first = 1  # the stage's first node
-        for s, count in enumerate(self._topology.nodes_per_stage):
-            lines.append(
-                f"  stage {s}: nodes {first}..{first + count - 1} ({count}), {self.node_channels[first]} "
-                f"channels, entered with stride {self.trunk_strides[first - 1]}"
-            )
-            first += count
-        gates = self.gates()
-        lines.append("  active paths (i -> j: gate):")
-        lines += [f"    {i:3d} -> {j:3d}: {g.item():+.4f}" for (i, j), g in gates.items()]
-        return "\n".join(lines)
+        return describe(self)

@@ -1,9 +1,8 @@
 """PlasticityController: drops the weakest residual paths of a plastic network and grows
 as many new ones, on RigL's schedule, keeping the budget of active paths.
 
-The model is anything with the PlasticResNet API (active_paths, candidate_paths, budget,
-gates, path, set_active, reinitialize_path, path_statistics, reset_path_statistics,
-probing); under DistributedDataParallel pass the wrapped module, not the wrapper.
+The model is any PlasticModel (plasticnet.plasticity.protocol), such as a PlasticResNet; under
+DistributedDataParallel pass the wrapped module, not the wrapper.
 """
 
 import math
@@ -17,7 +16,6 @@ from plasticnet.plasticity.criteria import (
     DROP_CRITERIA,
     DROP_SCORES,
     GROW_CRITERIA,
-    Path,
     Scored,
     below,
     probe_contributions,
@@ -25,20 +23,9 @@ from plasticnet.plasticity.criteria import (
     strongest,
     weakest,
 )
+from plasticnet.plasticity.protocol import PathId, PlasticModel
 from plasticnet.plasticity.schedules import RewireSchedule
 
-_MODEL_API = (
-    "active_paths",
-    "candidate_paths",
-    "budget",
-    "gates",
-    "path",
-    "set_active",
-    "reinitialize_path",
-    "path_statistics",
-    "reset_path_statistics",
-    "probing",
-)
 _DEFAULT_THRESHOLD = 0.5
 REGROW_MODES = ("fresh", "reactivate")
 GROWN_GATES = ("zero", "ramp")
@@ -75,7 +62,7 @@ def _average_across_ranks(scores: torch.Tensor) -> torch.Tensor:
     return scores
 
 
-def _verify_same_topology(active: list[Path], when: str) -> None:
+def _verify_same_topology(active: list[PathId], when: str) -> None:
     """Raise RuntimeError naming the ranks whose active paths differ from rank 0's."""
     if not _distributed():
         return
@@ -135,7 +122,7 @@ class PlasticityController:
 
     def __init__(
         self,
-        model,
+        model: PlasticModel,
         optimizer: torch.optim.Optimizer,
         *,
         drop: str = "taylor",
@@ -151,8 +138,8 @@ class PlasticityController:
         regrow: str = "fresh",
         grown_gate: str = "zero",
     ):
-        missing = [name for name in _MODEL_API if not hasattr(model, name)]
-        if missing:
+        if not isinstance(model, PlasticModel):
+            missing = [n for n in dir(PlasticModel) if not n.startswith("_") and not hasattr(model, n)]
             raise TypeError(
                 f"model: expected a plastic network (PlasticResNet API), got {type(model).__name__} lacking {missing}"
             )
@@ -184,8 +171,8 @@ class PlasticityController:
             raise ValueError(f"regrow: expected one of {list(REGROW_MODES)}, got {regrow!r}")
         if grown_gate not in GROWN_GATES:
             raise ValueError(f"grown_gate: expected one of {list(GROWN_GATES)}, got {grown_gate!r}")
-        if grown_gate == "ramp" and not hasattr(model, "start_ramp"):
-            raise TypeError(f"grown_gate='ramp': the model ({type(model).__name__}) has no start_ramp(paths, steps)")
+        if grown_gate == "ramp" and not (hasattr(model, "start_ramp") and hasattr(model, "advance_ramp")):
+            raise TypeError(f"grown_gate='ramp': the model ({type(model).__name__}) has no start_ramp/advance_ramp")
         held = {param for group in optimizer.param_groups for param in group["params"]}
         unheld = [
             path
@@ -210,7 +197,7 @@ class PlasticityController:
         self.step_count = 0
         self.history: list[RewireEvent] = []
         self._generator = torch.Generator().manual_seed(seed)
-        self._protected: dict[Path, int] = {}  # grown path -> rewires it is still safe from being dropped
+        self._protected: dict[PathId, int] = {}  # grown path -> rewires it is still safe from being dropped
 
     def step(self, probe=None) -> RewireEvent | None:
         """Count one optimizer step; on a rewire step, rewire and return what changed.
@@ -219,6 +206,8 @@ class PlasticityController:
         backward; required on rewire steps, ignored on the others.
         """
         self.step_count += 1
+        if self.grown_gate == "ramp":
+            self.model.advance_ramp()
         if not self.schedule.is_rewire_step(self.step_count):
             return None
         if self.grow == "probe" and probe is None:
@@ -241,7 +230,7 @@ class PlasticityController:
         _verify_same_topology(self.model.active_paths(), f"after the rewire at step {self.step_count}")
         return RewireEvent(self.step_count, dropped, grown)
 
-    def _choose_drops(self, droppable: list[Path]) -> Scored:
+    def _choose_drops(self, droppable: list[PathId]) -> Scored:
         if not droppable:
             return []
         scored = self._scored(droppable, DROP_SCORES[self.drop](self.model, droppable))
@@ -254,11 +243,11 @@ class PlasticityController:
         )
         return weakest(scored, count)
 
-    def _stage_of(self, path: Path) -> int | None:
+    def _stage_of(self, path: PathId) -> int | None:
         """The stage whose count the path belongs to; None when the model keeps one budget."""
-        return self.model.stage_of(path) if getattr(self.model, "budget_per_stage", None) is not None else None
+        return self.model.stage_of(path) if self.model.budget_per_stage is not None else None
 
-    def _replaceable(self, drops: Scored, growable: list[Path]) -> Scored:
+    def _replaceable(self, drops: Scored, growable: list[PathId]) -> Scored:
         """The drops, weakest first, that an inactive candidate of the same stage (any candidate
         under one budget) can replace."""
         room = Counter(self._stage_of(path) for path in growable)
@@ -270,7 +259,7 @@ class PlasticityController:
                 kept.append((path, score))
         return kept
 
-    def _choose_grows(self, growable: list[Path], dropped: Scored, probe) -> Scored:
+    def _choose_grows(self, growable: list[PathId], dropped: Scored, probe) -> Scored:
         """As many grows as drops, the strongest of each dropped path's stage."""
         if self.grow == "probe":
             scores = probe_contributions(self.model, growable, probe)
@@ -289,7 +278,7 @@ class PlasticityController:
             key=lambda item: (-item[1], item[0]),
         )
 
-    def _scored(self, paths: list[Path], scores: torch.Tensor) -> Scored:
+    def _scored(self, paths: list[PathId], scores: torch.Tensor) -> Scored:
         values = _average_across_ranks(scores).tolist()  # the one host synchronisation of a decision
         non_finite = [path for path, value in zip(paths, values) if not math.isfinite(value)]
         if non_finite:
@@ -299,7 +288,7 @@ class PlasticityController:
             )
         return list(zip(paths, values))
 
-    def _rewire_to(self, active: list[Path], dropped: list[Path], grown: list[Path]) -> None:
+    def _rewire_to(self, active: list[PathId], dropped: list[PathId], grown: list[PathId]) -> None:
         self._protected = {path: left - 1 for path, left in self._protected.items() if left > 1}
         self._protected.update({path: self.protect_rewires for path in grown if self.protect_rewires > 0})
         if not dropped:
@@ -315,7 +304,7 @@ class PlasticityController:
                 self.optimizer.state.pop(param, None)
         self.model.reset_path_statistics(dropped + grown)
 
-    def _prepare_growth(self, path: Path) -> None:
+    def _prepare_growth(self, path: PathId) -> None:
         """Weights and gate of a path about to grow. Fresh weights are drawn from a seed of the
         controller's generator, in a forked global RNG: every rank draws the same weights (DDP
         broadcasts parameters only at construction), a resumed run draws them again, and the

@@ -13,7 +13,6 @@ import torch
 
 from plasticnet.plasticity.protocol import PathId
 
-Path = PathId  # transitional: controller.py still imports this name; delete once it imports PathId
 Scored = list[tuple[PathId, float]]
 
 

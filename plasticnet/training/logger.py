@@ -19,15 +19,20 @@ class RunLogger:
     def writer(self) -> bool:
         return self.run_dir.writer
 
-    def start(self, config: TrainConfig, *, plastic: bool, resumed_at: tuple[int, int] | None) -> None:
-        """Write config.json; on resume first cut the logs back to the checkpoint's epoch and
-        step, so that lines written after it (by a run that died before its next checkpoint)
-        are not duplicated. A plastic run's rewire log exists even before its first rewire."""
-        if resumed_at is not None:
-            epoch, step = resumed_at
+    def start(self, config: TrainConfig, *, plastic: bool, resumed_from: dict | None) -> None:
+        """Write config.json. On resume (`resumed_from`: the checkpoint) first cut the logs back
+        to the checkpoint's epoch and step, so that lines written after it (by a run that died
+        before its next checkpoint) are not duplicated, and restore the checkpoint's own metrics
+        line when a run died between writing the checkpoint and that line. A plastic run's
+        rewire log exists even before its first rewire."""
+        if resumed_from is not None and self.writer:
+            epoch, step = resumed_from["epoch"], resumed_from["step"]
             self.run_dir.truncate_after(METRICS, "epoch", epoch)
             self.run_dir.truncate_after(EVENTS, "step", step)
             self.run_dir.truncate_after(STEP_EVALS, "step", step)
+            record = resumed_from.get("metrics")
+            if record is not None and all(m["epoch"] != epoch for m in self.metrics()):
+                self.run_dir.append(METRICS, record)
         self.run_dir.write_config(config.to_json())
         if plastic:
             self.run_dir.create(EVENTS)
@@ -39,10 +44,11 @@ class RunLogger:
         self.run_dir.append(STEP_EVALS, record)
 
     def end_epoch(self, record: dict, state: dict, is_best: bool) -> None:
-        """Checkpoint first: a crash between the two leaves a checkpoint whose epoch has no
-        metrics line, which resume tolerates; the reverse would duplicate the line."""
+        """Checkpoint first, holding the epoch's metrics line: a crash between the two leaves a
+        checkpoint whose line resume writes; the reverse order would duplicate the line."""
         if not self.writer:
             return
+        state = {**state, "metrics": record}
         save_checkpoint(self.run_dir.file(LAST), state)
         if is_best:
             save_checkpoint(self.run_dir.file(BEST), state)

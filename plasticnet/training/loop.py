@@ -160,12 +160,11 @@ class Trainer:
         self.state = TrainingState(self.model, optimizer, scheduler, controller, generators)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self._input_shape = tuple(self.train_set.images.shape[1:])
-        if resume:
-            self.state.load_state_dict(load_checkpoint(self.logger.run_dir.file(LAST), map_location=self.device))
+        checkpoint = load_checkpoint(self.logger.run_dir.file(LAST), map_location=self.device) if resume else None
+        if checkpoint is not None:
+            self.state.load_state_dict(checkpoint)
         self._wrap(first=True)
-        self.logger.start(
-            config, plastic=controller is not None, resumed_at=(self.state.epoch, self.state.step) if resume else None
-        )
+        self.logger.start(config, plastic=controller is not None, resumed_from=checkpoint)
 
     # the parts, by the names a user of the loop knows them
     @property

@@ -1,0 +1,39 @@
+"""Fading a grown path in: its join scale m (the fused op's mask m_k) goes from 0 to 1 over a
+number of steps, so a new branch enters the network gradually instead of at full strength."""
+
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from plasticnet.models.topology import PathId
+
+
+class FadeIn:
+    """The join scales of the paths being faded in; every other path's scale is 1."""
+
+    def __init__(self) -> None:
+        self._progress: dict[PathId, tuple[int, int]] = {}  # path -> (steps done, steps in all)
+
+    def __contains__(self, path: PathId) -> bool:
+        return path in self._progress
+
+    def __bool__(self) -> bool:
+        return bool(self._progress)
+
+    def start(self, paths: Iterable[PathId], steps: int) -> None:
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps: expected a positive int, got {steps!r}")
+        self._progress.update({path: (0, steps) for path in paths})
+
+    def advance(self) -> None:
+        """One step of every fade in progress; a finished one is forgotten after this step's scales."""
+        self._progress = {p: (done + 1, steps) for p, (done, steps) in self._progress.items() if done < steps}
+
+    def scales(self, candidates: Sequence[PathId]) -> torch.Tensor:
+        """m per candidate path, in the given order."""
+        return torch.tensor(
+            [
+                done / steps if (done, steps) != (0, 0) else 1.0
+                for done, steps in (self._progress.get(p, (0, 0)) for p in candidates)
+            ]
+        )
