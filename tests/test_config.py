@@ -97,3 +97,34 @@ def test_resolved_fills_device_defaults_and_records_facts():
     assert (config.base_width, config.train_size, config.test_size) == (16, 2560, 512)
     assert config.out == "runs/plastic-resnet18-synthetic-s0" and config.versions == {"torch": "x"}
     assert TrainConfig(drop="threshold", drop_count=2).resolved("cpu", 1, {}).drop_count == "fraction"
+
+
+def test_budget_per_stage_auto_spreads_the_budget_like_the_static_twin():
+    plastic = TrainConfig(budget=6, budget_per_stage="auto").resolved("cpu", 1, {})
+    assert plastic.budget_per_stage == (2, 1, 1, 2) and plastic.budget == 6
+    assert TrainConfig(budget_per_stage="auto").resolved("cpu", 1, {}).budget_per_stage == (2, 2, 2, 2)
+    static = TrainConfig(model="resnet18", budget=6, budget_per_stage="auto").resolved("cpu", 1, {})
+    assert static.budget_per_stage is None and static.budget == 6
+    # the budget a run is grouped by is recorded even when only the per-stage counts gave it
+    assert TrainConfig(budget_per_stage=(2, 1, 1, 1)).resolved("cpu", 1, {}).budget == 5
+    assert TrainConfig(model="resnet18", blocks_per_stage=(1, 1, 1, 1)).resolved("cpu", 1, {}).budget == 4
+
+
+def test_trainer_resolves_a_config_built_in_python(tmp_path):
+    from plasticnet.training import Trainer
+
+    config = TrainConfig(
+        model="resnet18",
+        dataset="synthetic",
+        train_size=32,
+        test_size=16,
+        batch_size=16,
+        base_width=4,
+        epochs=1,
+        device="cpu",
+        progress=False,
+        out=str(tmp_path / "run"),
+    )
+    trainer = Trainer(config)
+    assert trainer.config.versions["torch"] and trainer.config.world_size == 1
+    assert [m["epoch"] for m in trainer.fit()] == [1]

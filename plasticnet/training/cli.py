@@ -3,18 +3,13 @@ for the mistakes a user can make (a bad option, missing data, a damaged checkpoi
 
 import argparse
 import dataclasses
-import os
 import sys
 import typing
 
-import torch
-import torchvision
-
-from plasticnet import __version__
 from plasticnet.training.checkpoint import CheckpointError
-from plasticnet.training.config import RESUMABLE, ConfigError, TrainConfig, load_run_config
+from plasticnet.training.config import RESUMABLE, ConfigError, TrainConfig, load_run_config, run_facts
 from plasticnet.training.datasets import DataUnavailableError
-from plasticnet.training.loop import Trainer, device_type
+from plasticnet.training.loop import Trainer
 
 EXPLICIT = "explicit_options"
 USER_ERRORS = (ConfigError, DataUnavailableError, CheckpointError)
@@ -52,7 +47,9 @@ def _drop_count(text: str) -> str | int:
     return count
 
 
-def _counts(text: str) -> tuple[int, ...]:
+def _counts(text: str) -> tuple[int, ...] | str:
+    if text == "auto":
+        return text
     try:
         counts = tuple(int(part) for part in text.split(","))
     except ValueError:
@@ -97,23 +94,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _facts() -> tuple[int, dict]:
-    versions = {
-        "plasticnet": __version__,
-        "torch": str(torch.__version__),
-        "torchvision": torchvision.__version__,
-        "cuda": torch.version.cuda,
-    }
-    return int(os.environ.get("WORLD_SIZE", "1")), versions
-
-
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
     """The run's full configuration: defaults, then the recipe, then explicit flags;
     device-dependent defaults filled in; versions and world size recorded."""
     options = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in (EXPLICIT, "resume")}
-    config = TrainConfig.from_overrides(options, getattr(args, EXPLICIT))
-    world_size, versions = _facts()
-    return config.resolved(device_type(config.device), world_size, versions)
+    return TrainConfig.from_overrides(options, getattr(args, EXPLICIT)).resolved()
 
 
 def resume_config(args: argparse.Namespace) -> TrainConfig:
@@ -126,7 +111,7 @@ def resume_config(args: argparse.Namespace) -> TrainConfig:
             f"--resume {args.resume}: {', '.join('--' + k.replace('_', '-') for k in changed)} "
             f"cannot change when resuming (only {sorted(RESUMABLE)} can)"
         )
-    world_size, _ = _facts()
+    world_size, _ = run_facts()
     return config.replace(out=args.resume, world_size=world_size, **{k: getattr(args, k) for k in explicit & RESUMABLE})
 
 

@@ -79,10 +79,10 @@ class TrainConfig:
     blocks_per_stage: tuple[int, ...] | None = _option(
         None, "static models: blocks in each stage, e.g. 2,1,1,2 (None: from --budget or the architecture)", list=True
     )
-    budget_per_stage: tuple[int, ...] | None = _option(
+    budget_per_stage: tuple[int, ...] | str | None = _option(
         None,
-        "plastic models: active paths each stage keeps through rewiring, e.g. 2,1,1,2 (None: one budget)",
-        list=True,
+        "plastic models: active paths each stage keeps through rewiring, e.g. 2,1,1,2, or 'auto': the budget "
+        "spread over the stages as the static twin's blocks (None: one budget for the whole network)",
     )
     init: str | None = _option(
         None,
@@ -180,8 +180,17 @@ class TrainConfig:
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
 
-    def resolved(self, device_type: str, world_size: int, versions: Mapping[str, Any]) -> "TrainConfig":
-        """Device-dependent defaults filled in, the run directory named, the run's facts recorded."""
+    def resolved(
+        self, device_type: str | None = None, world_size: int | None = None, versions: Mapping[str, Any] | None = None
+    ) -> "TrainConfig":
+        """Device-dependent defaults filled in, the run directory named, the run's facts recorded
+        (by default this process's: the device `device` picks, torchrun's world size, versions)."""
+        from plasticnet.training.distributed import device_type as type_of
+
+        facts = run_facts()
+        device_type = device_type or type_of(self.device)
+        world_size = facts[0] if world_size is None else world_size
+        versions = facts[1] if versions is None else versions
         sizes = DEVICE_DEFAULTS[device_type]
         changes: dict[str, Any] = {"world_size": world_size, "versions": dict(versions)}
         if self.base_width is None:
@@ -190,11 +199,30 @@ class TrainConfig:
             for split in ("train", "test"):
                 if getattr(self, f"{split}_size") is None:
                     changes[f"{split}_size"] = sizes[f"synthetic_{split}_size"]
+        changes.update(self._budgets())
         if self.drop == "threshold":
             changes["drop_count"] = "fraction"  # threshold drops every path below it: no count applies
         if self.out is None:
             changes["out"] = os.path.join("runs", f"{self.model}-{self.dataset}-s{self.seed}")
         return self.replace(**changes)
+
+    def _budgets(self) -> dict[str, Any]:
+        """budget_per_stage="auto" made explicit, and `budget` recorded as the active blocks or
+        paths in all whenever the per-stage counts give it (so runs group by their budget)."""
+        from plasticnet.models import ARCHITECTURES, blocks_for_budget
+
+        changes: dict[str, Any] = {}
+        per_stage = self.budget_per_stage
+        if per_stage == "auto":
+            if self.plastic:
+                per_stage = blocks_for_budget(self.budget or sum(ARCHITECTURES[self.arch][1]))
+            else:
+                per_stage = None  # a static model's blocks are spread that way already
+            changes["budget_per_stage"] = per_stage
+        counts = per_stage if self.plastic else self.blocks_per_stage
+        if counts is not None and self.budget is None:
+            changes["budget"] = sum(counts)
+        return changes
 
     @property
     def plastic(self) -> bool:
@@ -258,6 +286,8 @@ def _validate(config: TrainConfig) -> None:
         raise ConfigError(f"--drop-count: expected 'fraction' or a positive integer, got {config.drop_count!r}")
     for name in ("blocks_per_stage", "budget_per_stage"):
         counts = getattr(config, name)
+        if name == "budget_per_stage" and counts == "auto":
+            continue
         if counts is not None and (not counts or not all(isinstance(c, int) and c >= 1 for c in counts)):
             raise ConfigError(f"{_flag(name)}: expected positive integers, one per stage (e.g. 2,1,1,2), got {counts}")
     if config.blocks_per_stage is not None:
@@ -268,7 +298,7 @@ def _validate(config: TrainConfig) -> None:
                 f"--budget {config.budget} and --blocks-per-stage {list(config.blocks_per_stage)} "
                 f"disagree: the blocks add up to {sum(config.blocks_per_stage)}"
             )
-    if config.budget_per_stage is not None:
+    if config.budget_per_stage not in (None, "auto"):
         if not config.plastic:
             raise ConfigError("--budget-per-stage: plastic models only; a static model takes --blocks-per-stage")
         if config.budget is not None and config.budget != sum(config.budget_per_stage):
@@ -283,6 +313,22 @@ def _validate(config: TrainConfig) -> None:
         )
     if config.gate_weight_decay is not None and config.gate_weight_decay < 0:
         raise ConfigError(f"--gate-weight-decay: expected a number >= 0 or None, got {config.gate_weight_decay}")
+
+
+def run_facts() -> tuple[int, dict[str, Any]]:
+    """This process's world size (torchrun's WORLD_SIZE) and the versions a run records."""
+    import torch
+    import torchvision
+
+    from plasticnet import __version__
+
+    versions = {
+        "plasticnet": __version__,
+        "torch": str(torch.__version__),
+        "torchvision": torchvision.__version__,
+        "cuda": torch.version.cuda,
+    }
+    return int(os.environ.get("WORLD_SIZE", "1")), versions
 
 
 def load_run_config(run_dir: str) -> TrainConfig:

@@ -100,6 +100,8 @@ class Trainer:
     caller passes the saved config)."""
 
     def __init__(self, config: TrainConfig, *, resume: bool = False):
+        if config.versions is None:  # built in Python, not by the CLI: fill in what the CLI would
+            config = config.resolved()
         self.config = config
         if config.threads is not None:
             torch.set_num_threads(config.threads)
