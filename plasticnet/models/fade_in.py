@@ -21,19 +21,16 @@ class FadeIn:
         return bool(self._progress)
 
     def start(self, paths: Iterable[PathId], steps: int) -> None:
+        """Fade `paths` in from scale 0 to 1 over `steps` advance()s (a path already fading restarts)."""
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps: expected a positive int, got {steps!r}")
         self._progress.update({path: (0, steps) for path in paths})
 
     def advance(self) -> None:
-        """One step of every fade in progress; a finished one is forgotten after this step's scales."""
-        self._progress = {p: (done + 1, steps) for p, (done, steps) in self._progress.items() if done < steps}
+        """One step of every fade in progress. A fade that reaches scale 1 is forgotten at once: its
+        path is then an ordinary one, and a join with no fade in progress needs no mask."""
+        self._progress = {p: (done + 1, steps) for p, (done, steps) in self._progress.items() if done + 1 < steps}
 
     def scales(self, candidates: Sequence[PathId]) -> torch.Tensor:
         """m per candidate path, in the given order."""
-        return torch.tensor(
-            [
-                done / steps if (done, steps) != (0, 0) else 1.0
-                for done, steps in (self._progress.get(p, (0, 0)) for p in candidates)
-            ]
-        )
+        return torch.tensor([done / steps for done, steps in (self._progress.get(p, (1, 1)) for p in candidates)])
