@@ -206,11 +206,6 @@ def test_ramp_needs_a_model_that_can_fade_paths_in():
         controller_for(TinyPlasticNet(), grown_gate="ramp")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a fade-in in progress is in neither state_dict (join_scale is not persistent, the "
-    "controller does not record it): a resumed run joins the grown paths at full scale at once",
-)
 def test_a_run_resumed_in_the_middle_of_a_fade_in_continues_it():
     model = tiny_resnet().eval()
     set_gate(model, model.active_paths()[3], 0.0)
@@ -228,11 +223,6 @@ def test_a_run_resumed_in_the_middle_of_a_fade_in_continues_it():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.xfail(
-    strict=True,
-    reason="advance_ramp copies the scales from the host and rebuilds the join plans (host index lists "
-    "copied to the device) on every step a fade is in progress, which under grown_gate='ramp' is every step",
-)
 def test_ramp_steps_that_do_not_rewire_do_not_synchronise_cuda():
     model = tiny_resnet().cuda()
     set_gate(model, model.active_paths()[3], 0.0)

@@ -31,6 +31,16 @@ class FadeIn:
         path is then an ordinary one, and a join with no fade in progress needs no mask."""
         self._progress = {p: (done + 1, steps) for p, (done, steps) in self._progress.items() if done + 1 < steps}
 
+    def progress(self, candidates: Sequence[PathId]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(steps done, steps in all) per candidate path, in the given order; (1, 1) for a path
+        not fading. The model keeps them on its device and advances them there, so a step of a
+        fade needs no host-to-device copy: m = min(done / steps, 1)."""
+        pairs = [self._progress.get(p, (1, 1)) for p in candidates]
+        return torch.tensor([d for d, _ in pairs], dtype=torch.float32), torch.tensor(
+            [s for _, s in pairs], dtype=torch.float32
+        )
+
     def scales(self, candidates: Sequence[PathId]) -> torch.Tensor:
         """m per candidate path, in the given order."""
-        return torch.tensor([done / steps for done, steps in (self._progress.get(p, (1, 1)) for p in candidates)])
+        done, steps = self.progress(candidates)
+        return (done / steps).clamp(max=1.0)

@@ -145,12 +145,8 @@ class PlasticResNet(nn.Module):
             if value not in choices:
                 raise ValueError(f"{name}: expected one of {[c for c in choices if c is not None]}, got {value!r}")
         stem_width = base_width if stem_width is None else stem_width
-        for name, value in (
-            ("num_classes", num_classes),
-            ("base_width", base_width),
-            ("stem_pool_stride", stem_pool_stride),
-            ("stem_width", stem_width),
-        ):
+        positive = {"num_classes": num_classes, "base_width": base_width, "stem_pool_stride": stem_pool_stride}
+        for name, value in {**positive, "stem_width": stem_width}.items():
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
         default_body, default_nodes = ARCHITECTURES[arch]
@@ -162,14 +158,9 @@ class PlasticResNet(nn.Module):
                 f"groups, width_per_group: basic bodies support only 1 and 64 (as torchvision's "
                 f"BasicBlock), got {groups} and {width_per_group}"
             )
-        self._topology = topology = Topology(
-            nodes_per_stage or default_nodes,
-            stage_strides,
-            max_span=max_span,
-            max_resolution_changes=max_resolution_changes,
-            budget=budget,
-            budget_per_stage=budget_per_stage,
-        )
+        limits = dict(max_span=max_span, max_resolution_changes=max_resolution_changes)
+        budgets = dict(budget=budget, budget_per_stage=budget_per_stage)
+        self._topology = topology = Topology(nodes_per_stage or default_nodes, stage_strides, **limits, **budgets)
         default_widths = [base_width * 2 ** min(s, 3) * EXPANSION[self.body_kind] for s in range(topology.num_stages)]
         stage_widths = check_positive_ints("stage_widths", stage_widths or default_widths, topology.num_stages)
 
@@ -204,7 +195,8 @@ class PlasticResNet(nn.Module):
 
         self.register_buffer("active", torch.zeros(len(topology.candidate_paths()), dtype=torch.bool))
         # m_k of the fused join per candidate: 1 except for paths being faded in (start_ramp)
-        self.register_buffer("join_scale", torch.ones(len(topology.candidate_paths())), persistent=False)
+        for name in ("join_scale", "join_done", "join_steps"):  # m = min(done / steps, 1), see start_ramp
+            self.register_buffer(name, torch.ones(len(topology.candidate_paths())), persistent=False)
         self._fade_in = FadeIn()
         self._plans: list[_JoinPlan] = []
         self.register_load_state_dict_post_hook(_sync_after_load)
@@ -305,15 +297,22 @@ class PlasticResNet(nn.Module):
     def start_ramp(self, paths: Iterable[PathId], steps: int) -> None:
         """Fade `paths` in: their join scale m (the op's mask) goes 0 -> 1 over `steps` advance_ramp()s."""
         self._fade_in.start(self._topology.check_paths("paths", paths), steps)
+        for buffer, values in zip((self.join_done, self.join_steps), self._fade_in.progress(self.candidate_paths())):
+            buffer.copy_(values)  # a rewire step's one host-to-device copy
         self.advance_ramp(steps=0)
+        self._sync_topology()
 
     def advance_ramp(self, steps: int = 1) -> None:
         """One step of every fade-in in progress (no tensor touched when none is)."""
-        if self._fade_in:
-            for _ in range(steps):
-                self._fade_in.advance()
-            self.join_scale.copy_(self._fade_in.scales(self.candidate_paths()))
-            self._sync_topology()
+        if not self._fade_in:
+            return
+        for _ in range(steps):
+            self._fade_in.advance()
+        self.join_done.add_(steps)  # on the device: a step of a fade never synchronises the host
+        torch.clamp(self.join_done / self.join_steps, max=1.0, out=self.join_scale)
+        for j, plan in enumerate(self._plans, start=1):  # a join whose fades are over needs no mask
+            if plan.scaled is not None and not any((i, j) in self._fade_in for _, i in plan.sources):
+                plan.scaled = None
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)

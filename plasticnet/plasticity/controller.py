@@ -336,3 +336,10 @@ class PlasticityController:
         # entries [i, j, rewires left]; states saved before protection had a length hold [i, j] (1 left)
         self._protected = {(int(e[0]), int(e[1])): int(e[2]) if len(e) > 2 else 1 for e in state["protected"]}
         self.history = [RewireEvent.from_dict(event) for event in state["history"]]
+        if self.grown_gate == "ramp" and self.history:
+            # the fade-in of the last rewire's paths may be under way: take it up where it was
+            last = self.history[-1]
+            done = self.step_count - last.step
+            if last.grown and done < self.schedule.interval:
+                self.model.start_ramp([path for path, _ in last.grown], self.schedule.interval)
+                self.model.advance_ramp(done)
