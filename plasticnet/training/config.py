@@ -106,7 +106,10 @@ class TrainConfig:
         "fraction",
         "paths dropped per rewire: 'fraction' (RigL's cosine-decayed --rewire-fraction of the budget) or a number",
     )
-    rewire_fraction: float = _option(0.3, "initial fraction of the budget rewired")
+    rewire_fraction: float = _option(
+        0.1,
+        "initial fraction of the budget rewired (RigL cosine decay; 0.1 won the Fashion-MNIST study, docs/results.md)",
+    )
     rewire_interval: int = _option(100, "optimizer steps between rewires")
     rewire_end: float = _option(0.75, "stop rewiring after this fraction of training")
     protect_rewires: int = _option(1, "rewires a grown path is safe from being dropped")
