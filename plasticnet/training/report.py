@@ -1,13 +1,14 @@
-"""`plasticnet report ROOT`: statistics over seeds of the run directories under ROOT (a
-`plasticnet sweep` ROOT, or any directory of `plasticnet train` runs).
+"""`plasticnet report ROOT [ROOT ...]`: statistics over seeds of the run directories under
+every ROOT together (each a `plasticnet sweep` ROOT, or any directory of `plasticnet train`
+runs), so that e.g. the static runs of one sweep pair with the plastic runs of another.
 
 Per configuration (model, budget): mean, standard deviation and 95 % Student-t interval over
 seeds of the final test accuracy, the test accuracy at the epoch of best validation accuracy,
 images/s, active parameters and MACs. Per plastic model whose static twin ran at the same
 budget: the same statistics of the differences plastic − static, paired by seed. Written to
-ROOT/report.md (tables, plots linked), ROOT/report.json (the same numbers and the runs used),
-ROOT/pareto.png and ROOT/curves.png. Runs that have not reached their last epoch are left out
-and listed.
+OUT/report.md (tables, plots linked), OUT/report.json (the same numbers, the ROOTs and the runs
+used), OUT/pareto.png and OUT/curves.png; OUT is --out, by default the first ROOT. Runs that
+have not reached their last epoch are left out and listed.
 """
 
 import argparse
@@ -15,6 +16,7 @@ import json
 import math
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -65,11 +67,15 @@ def summarize_optional(values: list[float | None]) -> Summary | None:
 
 @dataclass(frozen=True)
 class RunResult:
-    """One finished run's numbers. Accuracies are fractions; lists run over epochs 1..epochs."""
+    """One finished run's numbers. Accuracies are fractions; lists run over epochs 1..epochs.
+    per_stage: the per-stage counts the run was given (budget_per_stage of a plastic run,
+    blocks_per_stage of a static one), None when it was given none."""
 
+    root: str  # the report ROOT it was found under; its directory is ROOT/name
     name: str
     model: str
     budget: int | None
+    per_stage: tuple[int, ...] | None
     seed: int
     dataset: str
     epochs: int
@@ -83,15 +89,24 @@ class RunResult:
     active_parameters: int | None
     macs: float | None  # forward multiply-accumulates per image
 
+    @property
+    def run_dir(self) -> str:
+        return os.path.join(self.root, self.name)
+
 
 @dataclass(frozen=True)
 class UnfinishedRun:
+    root: str
     name: str
     epochs_done: int
     epochs: int
 
+    @property
+    def run_dir(self) -> str:
+        return os.path.join(self.root, self.name)
 
-def read_run(name: str, config: dict, metrics: list[dict]) -> RunResult:
+
+def read_run(root: str, name: str, config: dict, metrics: list[dict]) -> RunResult:
     """The RunResult of a finished run from its config.json and metrics.jsonl records."""
     epochs = config["epochs"]
     records = sorted((m for m in metrics if m["epoch"] <= epochs), key=lambda m: m["epoch"])
@@ -103,10 +118,14 @@ def read_run(name: str, config: dict, metrics: list[dict]) -> RunResult:
     best_val_epoch = int(np.argmax(val_acc)) + 1 if val_acc else None  # argmax: the first maximum
     timed = records[1:] or records
     final = records[-1]
+    # runs written before per-stage counts existed lack the key: they had none
+    per_stage = config.get("budget_per_stage" if config["model"].startswith("plastic-") else "blocks_per_stage")
     return RunResult(
+        root=root,
         name=name,
         model=config["model"],
         budget=config["budget"],
+        per_stage=None if per_stage is None else tuple(per_stage),
         seed=config["seed"],
         dataset=config["dataset"],
         epochs=epochs,
@@ -136,10 +155,10 @@ def load_runs(root: str) -> tuple[list[RunResult], list[UnfinishedRun]]:
                 config = json.load(f)
             metrics = read_jsonl(os.path.join(entry.path, METRICS))
             if is_finished(config, metrics):
-                finished.append(read_run(entry.name, config, metrics))
+                finished.append(read_run(root, entry.name, config, metrics))
             else:
                 done = max((m["epoch"] for m in metrics), default=0)
-                unfinished.append(UnfinishedRun(entry.name, done, config["epochs"]))
+                unfinished.append(UnfinishedRun(root, entry.name, done, config["epochs"]))
         except (KeyError, ValueError) as error:
             what = f"missing field {error}" if isinstance(error, KeyError) else str(error)
             raise ValueError(f"{entry.path}: not a readable run directory ({what})") from None
@@ -159,8 +178,9 @@ class Settings:
 class ConfigurationSummary:
     model: str
     budget: int | None
+    per_stage: tuple[int, ...] | None  # as RunResult.per_stage, the same for all its runs
     seeds: list[int]
-    runs: list[str]
+    runs: list[str]  # run directories
     final_test_acc: Summary
     best_val_test_acc: Summary | None
     images_per_s: Summary
@@ -182,6 +202,7 @@ class PairedDifference:
 
 @dataclass(frozen=True)
 class Report:
+    roots: list[str]
     settings: Settings
     configurations: list[ConfigurationSummary]
     paired_differences: list[PairedDifference]
@@ -196,14 +217,15 @@ def _settings(runs: list[RunResult]) -> Settings:
         other = next((r for r in runs if getattr(r, field) != getattr(first, field)), None)
         if other is not None:
             raise ValueError(
-                f"runs differ in {field} ({first.name}: {getattr(first, field)}, {other.name}: "
-                f"{getattr(other, field)}); report one sweep at a time"
+                f"runs differ in {field} ({first.run_dir}: {getattr(first, field)}, {other.run_dir}: "
+                f"{getattr(other, field)}); the runs of one report must share dataset, epochs and val_size"
             )
     return Settings(first.dataset, first.epochs, first.val_size)
 
 
 def group_configurations(runs: list[RunResult]) -> dict[tuple[str, int | None], list[RunResult]]:
-    """(model, budget) -> its runs in seed order; a seed twice in one configuration is an error."""
+    """(model, budget) -> its runs in seed order. A seed twice in one configuration, or runs of
+    one configuration given different per-stage counts, is an error naming both run directories."""
     groups: dict[tuple[str, int | None], list[RunResult]] = {}
     for run in runs:
         groups.setdefault((run.model, run.budget), []).append(run)
@@ -211,7 +233,13 @@ def group_configurations(runs: list[RunResult]) -> dict[tuple[str, int | None], 
         group.sort(key=lambda r: r.seed)
         for previous, run in zip(group, group[1:]):
             if previous.seed == run.seed:
-                raise ValueError(f"{previous.name} and {run.name} are the same configuration and seed")
+                raise ValueError(f"{previous.run_dir} and {run.run_dir} are the same configuration and seed")
+        other = next((r for r in group if r.per_stage != group[0].per_stage), None)
+        if other is not None:
+            raise ValueError(
+                f"{group[0].run_dir} and {other.run_dir} are {other.model} at budget {other.budget} with different "
+                f"per-stage counts ({group[0].per_stage} and {other.per_stage}); report them separately"
+            )
     return dict(sorted(groups.items(), key=lambda item: (item[0][0], item[0][1] is not None, item[0][1] or 0)))
 
 
@@ -219,8 +247,9 @@ def summarize_configuration(model: str, budget: int | None, runs: list[RunResult
     return ConfigurationSummary(
         model=model,
         budget=budget,
+        per_stage=runs[0].per_stage,
         seeds=[r.seed for r in runs],
-        runs=[r.name for r in runs],
+        runs=[r.run_dir for r in runs],
         final_test_acc=summarize([r.final_test_acc for r in runs]),
         best_val_test_acc=summarize_optional([r.best_val_test_acc for r in runs]),
         images_per_s=summarize([r.images_per_s for r in runs]),
@@ -255,14 +284,22 @@ def paired_differences(groups: dict[tuple[str, int | None], list[RunResult]]) ->
     return differences
 
 
-def build_report(root: str) -> tuple[Report, dict[tuple[str, int | None], list[RunResult]]]:
-    """The report's numbers (plots not yet drawn) and the runs grouped by configuration."""
-    runs, unfinished = load_runs(root)
+def build_report(roots: Sequence[str]) -> tuple[Report, dict[tuple[str, int | None], list[RunResult]]]:
+    """The report's numbers over the runs of every ROOT (plots not yet drawn) and the runs
+    grouped by configuration."""
+    if isinstance(roots, str) or not roots:
+        raise ValueError(f"roots: expected a non-empty list of directories, got {roots!r}")
+    runs, unfinished = [], []
+    for root in roots:
+        finished, left_out = load_runs(root)
+        runs += finished
+        unfinished += left_out
     if not runs:
         listed = f" ({len(unfinished)} unfinished: {', '.join(u.name for u in unfinished)})" if unfinished else ""
-        raise ValueError(f"{root}: no finished run directories{listed}")
+        raise ValueError(f"{', '.join(roots)}: no finished run directories{listed}")
     groups = group_configurations(runs)
     report = Report(
+        roots=list(roots),
         settings=_settings(runs),
         configurations=[summarize_configuration(model, budget, group) for (model, budget), group in groups.items()],
         paired_differences=paired_differences(groups),
@@ -277,32 +314,42 @@ def _write_text(path: str, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def write_report(root: str) -> Report:
-    """Write report.md, report.json, curves.png and (when the runs record MACs) pareto.png into ROOT."""
-    report, groups = build_report(root)
-    plot_curves([(*key, runs) for key, runs in groups.items()], os.path.join(root, CURVES))
+def write_report(roots: Sequence[str], out: str | None = None) -> Report:
+    """Write report.md, report.json, curves.png and (when the runs record MACs) pareto.png over
+    the runs of every ROOT into `out` (default: the first ROOT), made if missing."""
+    report, groups = build_report(roots)
+    out = roots[0] if out is None else out
+    os.makedirs(out, exist_ok=True)
+    plot_curves([(*key, runs) for key, runs in groups.items()], os.path.join(out, CURVES))
     plots = [CURVES]
-    if plot_pareto(report.configurations, os.path.join(root, PARETO)):
+    if plot_pareto(report.configurations, os.path.join(out, PARETO)):
         plots.insert(0, PARETO)
     report = replace(report, plots=plots)
-    _write_text(os.path.join(root, REPORT_JSON), json.dumps(asdict(report), indent=2) + "\n")
-    _write_text(os.path.join(root, REPORT_MD), markdown(report, title=os.path.basename(os.path.abspath(root))))
+    _write_text(os.path.join(out, REPORT_JSON), json.dumps(asdict(report), indent=2) + "\n")
+    _write_text(os.path.join(out, REPORT_MD), markdown(report, out))
     return report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("root", metavar="ROOT", help="directory whose subdirectories are run directories")
+    parser.add_argument(
+        "roots",
+        metavar="ROOT",
+        nargs="+",
+        help="directories whose subdirectories are run directories, reported together (e.g. two sweeps)",
+    )
+    parser.add_argument("--out", default=None, help="directory the report is written to (None: the first ROOT)")
 
 
 def run(args: argparse.Namespace) -> int:
+    out = args.roots[0] if args.out is None else args.out
     try:
-        report = write_report(args.root)
+        report = write_report(args.roots, out)
     except ValueError as error:
         print(f"plasticnet report: error: {error}", file=sys.stderr)
         return 2
     print(
         f"{len(report.runs)} finished runs in {len(report.configurations)} configurations"
         f"{f', {len(report.unfinished)} unfinished left out' if report.unfinished else ''}: "
-        f"{os.path.join(args.root, REPORT_MD)}"
+        f"{os.path.join(out, REPORT_MD)}"
     )
     return 0

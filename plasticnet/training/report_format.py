@@ -1,15 +1,17 @@
 """report.md: the report's numbers as markdown tables. Accuracies in percent with 2 decimals,
 accuracy differences in percentage points, intervals as [lo, hi], "n/a" where a number does
-not exist (no validation split, one seed, a metric the runs did not record)."""
+not exist (no validation split, one seed, a metric the runs did not record). Run directories
+are given relative to the report's directory, so that they resolve from report.md."""
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from plasticnet.training.report_plots import PARETO
 
 if TYPE_CHECKING:  # the report module imports this one
-    from plasticnet.training.report import Report, Summary
+    from plasticnet.training.report import ConfigurationSummary, Report, Summary
 
 NOT_AVAILABLE = "n/a"
 
@@ -48,21 +50,32 @@ def _budget(budget: int | None) -> str:
     return "default" if budget is None else str(budget)
 
 
+def _per_stage(configuration: ConfigurationSummary) -> str:
+    if configuration.per_stage is not None:
+        return ",".join(map(str, configuration.per_stage))
+    return "global" if configuration.model.startswith("plastic-") else NOT_AVAILABLE
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
-def markdown(report: Report, title: str) -> str:
+def markdown(report: Report, out: str) -> str:
+    """report.md of `report`, to be written into the directory `out`."""
     settings = report.settings
     validation = f"{settings.val_size} validation samples" if settings.val_size else "no validation split"
+    title = ", ".join(os.path.basename(os.path.abspath(root)) for root in report.roots)
+    roots = ", ".join(f"`{os.path.relpath(root, out)}`" for root in report.roots)
     lines = [
         f"# Sweep report: {title}",
         "",
-        f"{len(report.runs)} finished runs in {len(report.configurations)} configurations; dataset "
+        f"{len(report.runs)} finished runs in {len(report.configurations)} configurations from {roots}; dataset "
         f"{settings.dataset}, {settings.epochs} epochs, {validation}. Numbers are mean ± standard deviation "
         "over seeds; 95 % CI is the Student-t interval of the mean. Test accuracy at best val is the test "
-        "accuracy at the epoch of highest validation accuracy (the first of equal ones).",
+        "accuracy at the epoch of highest validation accuracy (the first of equal ones). Per stage is what "
+        "the runs were given per stage: a plastic model's active paths per stage (global: one budget for the "
+        "whole network), a static model's blocks per stage (n/a: spread from the budget or the architecture's).",
         "",
         "## Configurations",
         "",
@@ -71,6 +84,7 @@ def markdown(report: Report, title: str) -> str:
         [
             "model",
             "budget",
+            "per stage",
             "seeds",
             "final test acc (%)",
             "95 % CI",
@@ -84,6 +98,7 @@ def markdown(report: Report, title: str) -> str:
             [
                 c.model,
                 _budget(c.budget),
+                _per_stage(c),
                 str(len(c.seeds)),
                 _percent(c.final_test_acc),
                 _percent_interval(c.final_test_acc),
@@ -127,10 +142,18 @@ def markdown(report: Report, title: str) -> str:
     lines += [f"![{name}]({name})" for name in report.plots]
     lines += ["", "## Runs used", ""]
     lines += _table(
-        ["run", "model", "budget", "seed", "final test acc (%)", "best val epoch", "test acc at best val (%)"],
+        [
+            "run directory",
+            "model",
+            "budget",
+            "seed",
+            "final test acc (%)",
+            "best val epoch",
+            "test acc at best val (%)",
+        ],
         [
             [
-                f"`{r.name}`",
+                f"`{os.path.relpath(r.run_dir, out)}`",
                 r.model,
                 _budget(r.budget),
                 str(r.seed),
@@ -143,5 +166,7 @@ def markdown(report: Report, title: str) -> str:
     )
     if report.unfinished:
         lines += ["", "## Unfinished runs (left out)", ""]
-        lines += [f"- `{u.name}`: {u.epochs_done} of {u.epochs} epochs" for u in report.unfinished]
+        lines += [
+            f"- `{os.path.relpath(u.run_dir, out)}`: {u.epochs_done} of {u.epochs} epochs" for u in report.unfinished
+        ]
     return "\n".join(lines) + "\n"
