@@ -1,4 +1,4 @@
-"""`plasticnet` command line: info, train, bench."""
+"""`plasticnet` command line: info, train, sweep, report, bench."""
 
 import argparse
 import importlib

@@ -116,7 +116,7 @@ def test_measure_excludes_warmup_and_setup():
 
 
 def test_bytes_follow_the_design():
-    # DESIGN.md §2 for K=3, N=10, bf16: forward reads 4N writes N; backward reads 5N writes 4N.
+    # docs/design.md section 2, for K=3, N=10, bf16: forward reads 4N writes N; backward reads 5N writes 4N.
     case = OpCase(3, (2, 5), torch.bfloat16, torch.device("cpu"))
     assert [case.pass_bytes(p) for p in ("fwd", "bwd", "fwd_bwd")] == [5 * 10 * 2, 9 * 10 * 2, 14 * 10 * 2]
 

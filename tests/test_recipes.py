@@ -1,4 +1,4 @@
-"""Issue 10's recipes: the original PlasticNet (2020) and the ResNet-50 it was compared with."""
+"""The recipes: the original PlasticNet (2020) and the ResNet-50 it was compared with."""
 
 import math
 
@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from plasticnet.training import Trainer, cli
-NUM_CLASSES = 10
 from plasticnet.training.builders import build_model
 from plasticnet.training.run_dir import read_jsonl
+
+NUM_CLASSES = 10  # the synthetic set's
 
 REDUCED = [
     "--dataset",

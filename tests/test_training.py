@@ -11,8 +11,8 @@ from torch._dynamo.utils import counters as dynamo_counters
 
 from plasticnet.cli import main as plasticnet_main
 from plasticnet.training import Trainer, cli
-from plasticnet.training.checkpoint import load_checkpoint
 from plasticnet.training.builders import lr_factor
+from plasticnet.training.checkpoint import load_checkpoint
 from plasticnet.training.plots import topology_timeline
 from plasticnet.training.run_dir import read_jsonl
 

@@ -66,7 +66,7 @@ def residual_aggregate(
     c_k = sum(dz * branches[k]) and returns grad gates = mask*c and grad mask = gates*c.
 
     backend: None (fastest available for x's device), "reference", "cpu", "cuda" or "triton".
-    scores: a plasticnet.plasticity.PathScores that records c_k after every backward, without
+    scores: a plasticnet.ops.PathScores that records c_k after every backward, without
     host synchronisation; `slots` maps branch k to its slot (default: slot k).
     """
     branches = list(branches) if isinstance(branches, (list, tuple)) else branches
