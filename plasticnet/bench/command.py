@@ -21,7 +21,7 @@ from plasticnet.bench.ops import (
 from plasticnet.bench.report import TARGETS, op_table, op_target, train_step_table, train_step_target
 from plasticnet.bench.train_step import MODES, run_train_step_benchmarks
 
-# Sizes and repeat counts per (device type, quick). The GPU runs the batch of 512;
+# Sizes and repeat counts per (device type, quick). The GPU runs a batch of 512 (a CIFAR training batch);
 # the CPU a batch its 2 shared cores get through in minutes; --quick one shape in under a minute.
 PRESETS = {
     ("cuda", False): dict(

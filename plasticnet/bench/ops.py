@@ -76,7 +76,7 @@ class OpCase:
         return f"{self.dtype_name}:{self.numel}"
 
     def pass_bytes(self, which: str) -> int:
-        """Bytes the op must move (DESIGN.md §2): forward reads x and K branches and writes y;
+        """Bytes the op must move (docs/design.md section 2): forward reads x and K branches and writes y;
         backward reads dy, y and K branches and writes dx and K branch gradients."""
         forward = self.K + 2
         backward = (self.K + 2) + (self.K + 1)

@@ -1,4 +1,4 @@
-"""The targets of issue 7, judged on result rows, and the plain-text tables `plasticnet bench` prints."""
+"""The benchmark targets, judged on result rows, and the plain-text tables `plasticnet bench` prints."""
 
 from collections.abc import Sequence
 
