@@ -28,8 +28,8 @@ from plasticnet.training.loop import Trainer
 train_step, close, events = Trainer._train_step, Trainer.close, []
 
 
-def recording_train_step(self, indices, totals):
-    event = train_step(self, indices, totals)
+def recording_train_step(self, inputs, labels, totals):
+    event = train_step(self, inputs, labels, totals)
     if event is not None:
         events.append(event)
     return event

@@ -13,6 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from plasticnet.models.architectures import STEMS
+from plasticnet.ops import BACKENDS
+from plasticnet.plasticity.controller import GROWN_GATES, REGROW_MODES
+from plasticnet.plasticity.criteria import DROP_CRITERIA, GROW_CRITERIA
+from plasticnet.training.datasets import DATASETS
+
 DEVICE_DEFAULTS = {
     # Sizes a CPU finishes in minutes (`make train`); on CUDA the synthetic set matches CIFAR-10's.
     "cpu": {"base_width": 16, "synthetic_train_size": 2560, "synthetic_test_size": 512},
@@ -70,7 +76,7 @@ class TrainConfig:
     cutout: int = _option(0, "cutout square side in pixels (0: off)")
     tta: bool = _option(False, "evaluate on the image and its mirror image")
     base_width: int | None = _option(None, "width of the first stage (None: 64 on CUDA, 16 on CPU)")
-    stem: str = _option("cifar", "cifar: 3x3 conv; imagenet: 7x7/2 conv + max-pool", ("cifar", "imagenet"))
+    stem: str = _option("cifar", "cifar: 3x3 conv; imagenet: 7x7/2 conv + max-pool", STEMS)
     budget: int | None = _option(
         None,
         "active residual blocks: a plastic model's active paths, a static model's blocks spread over the stages "
@@ -95,12 +101,12 @@ class TrainConfig:
         "taylor",
         "drop the paths with the smallest EMA |gate*contribution| (taylor), |gate| (gate), summed |weight "
         "gradient| (gradient), or every |gate| below 0.5 (threshold)",
-        ("gate", "threshold", "gradient", "taylor"),
+        DROP_CRITERIA,
     )
     grow: str = _option(
         "probe",
         "grow the inactive candidates with the largest probed |contribution| (probe) or at random",
-        ("random", "probe"),
+        GROW_CRITERIA,
     )
     drop_count: str | int = _option(
         "fraction",
@@ -116,12 +122,12 @@ class TrainConfig:
     regrow: str = _option(
         "fresh",
         "a grown path starts from fresh weights, or from the weights it had when dropped (reactivate)",
-        ("fresh", "reactivate"),
+        REGROW_MODES,
     )
     grown_gate: str = _option(
         "zero",
         "a grown path joins with gate 0 (zero), or with a fresh gate faded in over --rewire-interval steps (ramp)",
-        ("zero", "ramp"),
+        GROWN_GATES,
     )
     probe_batch_norm: str = _option(
         "update", "whether the probe's forward updates BatchNorm running statistics", ("update", "frozen")
@@ -133,7 +139,7 @@ class TrainConfig:
     backend: str | None = _option(
         None,
         "residual_aggregate backend of every residual join (None: fastest available on the device)",
-        ("reference", "cpu", "cuda", "triton"),
+        BACKENDS,
     )
     compile: bool = _option(False, "torch.compile the stem, head and each path body")
     eval_every_steps: int = _option(0, "also log test accuracy every N steps (0: off)")
@@ -240,7 +246,6 @@ class TrainConfig:
 # Keys of older config.json files that are no options any more: "resume" (the CLI flag) was saved too.
 _LEGACY_KEYS = frozenset({"resume"})
 MODELS = tuple(f"{prefix}{arch}" for prefix in ("plastic-", "") for arch in ("resnet18", "resnet34", "resnet50"))
-DATASETS = ("cifar10", "cifar100", "fashion-mnist", "imagefolder", "synthetic")
 
 
 def _known(options: Mapping[str, Any]) -> dict[str, Any]:
