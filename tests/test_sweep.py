@@ -164,7 +164,7 @@ def without_timing(value):
         return {k: without_timing(v) for k, v in value.items() if k not in ("images_per_s", "roots", "root")}
     if isinstance(value, list):
         return [without_timing(v) for v in value]
-    return value
+    return os.path.basename(value) if isinstance(value, str) and os.path.isabs(value) else value
 
 
 def living_processes_in_group(group: int) -> list[int]:
