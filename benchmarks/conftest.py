@@ -9,9 +9,8 @@ import itertools
 import pytest
 import torch
 
-from plasticnet.bench.command import PRESETS
 from plasticnet.bench.environment import describe, last_level_cache_bytes
-from plasticnet.bench.ops import DEFAULT_DTYPES, DTYPES, RESNET18_CIFAR_ACTIVATIONS, default_backends, op_cases
+from plasticnet.bench.settings import PRESETS, BenchSettings
 
 
 def pytest_addoption(parser):
@@ -30,24 +29,21 @@ def bench_device(config) -> torch.device:
     return torch.device(config.getoption("--bench-device") or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def bench_preset(config) -> dict:
-    return PRESETS[(bench_device(config).type, config.getoption("--bench-quick"))]
+def bench_settings(config) -> BenchSettings:
+    device = bench_device(config)
+    return PRESETS[(device.type, config.getoption("--bench-quick"))].resolved(device)
 
 
 def pytest_generate_tests(metafunc):
-    """`op_case` x `backend`: the `plasticnet bench` cases of the device and preset."""
+    """`op_case` x `backend` and the training step's `mode`: the `plasticnet bench` cases of the device and preset."""
+    settings = bench_settings(metafunc.config)
     if "op_case" in metafunc.fixturenames:
-        device, preset = bench_device(metafunc.config), bench_preset(metafunc.config)
-        cases = op_cases(
-            device,
-            batch=preset["batch"],
-            ks=preset["ks"],
-            dtypes=[DTYPES[name] for name in DEFAULT_DTYPES],
-            activations=RESNET18_CIFAR_ACTIVATIONS[: preset["stages"]],
-        )
+        cases = settings.op_cases(bench_device(metafunc.config))
         ids = [f"K{c.K}-{'x'.join(map(str, c.shape))}-{c.dtype_name}" for c in cases]
         metafunc.parametrize("op_case", cases, ids=ids)
-        metafunc.parametrize("backend", default_backends(device))
+        metafunc.parametrize("backend", settings.backends)
+    if "mode" in metafunc.fixturenames:
+        metafunc.parametrize("mode", settings.train_modes)
 
 
 @pytest.fixture(scope="session")
@@ -61,12 +57,12 @@ def cache_bytes(device) -> int:
 
 
 @pytest.fixture(scope="session")
-def preset(pytestconfig) -> dict:
-    return bench_preset(pytestconfig)
+def settings(pytestconfig) -> BenchSettings:
+    return bench_settings(pytestconfig)
 
 
 @pytest.fixture
-def run_benchmark(benchmark, device, preset):
+def run_benchmark(benchmark, device, settings):
     """Time step(i) with pytest-benchmark, rotating i and running the untimed setup(i) first.
 
     pytest-benchmark reads the host clock, so on CUDA both setup and step synchronise.
@@ -91,7 +87,7 @@ def run_benchmark(benchmark, device, preset):
             sync()
 
         benchmark.extra_info.update({k: v for k, v in describe(device).items() if k != "date"})
-        benchmark.pedantic(timed, setup=next_round, rounds=repeats or preset["repeats"], warmup_rounds=preset["warmup"])
+        benchmark.pedantic(timed, setup=next_round, rounds=repeats or settings.repeats, warmup_rounds=settings.warmup)
         return benchmark.stats.stats.median
 
     return run

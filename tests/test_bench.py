@@ -1,12 +1,16 @@
 """`plasticnet bench` end to end on tiny sizes, and the pieces its numbers rest on."""
 
+import dataclasses
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
 
 from plasticnet.bench.ops import OpCase, OpWorkload, check_backends, rotation_sets
 from plasticnet.bench.report import op_target, train_step_target
+from plasticnet.bench.settings import PRESETS, BenchSettings
 from plasticnet.bench.timing import Timing, measure
 from plasticnet.cli import main
 
@@ -65,6 +69,11 @@ def test_quick_bench_writes_the_documented_json(tmp_path, capsys):
     report = json.loads(path.read_text())
     assert {"device", "date", "versions", "threads", "copy_gbps", "results", "train_step"} <= report.keys()
     assert set(report["versions"]) == {"torch", "triton", "python", "plasticnet", "cuda"}
+    assert (report["settings"]["stages"], report["settings"]["ks"], report["settings"]["dtypes"]) == (
+        1,
+        [2],
+        ["float32"],
+    )
     backends = {row["backend"] for row in report["results"]}
     assert {"eager", "compile"} <= backends and "reference" not in backends
     assert {(row["K"], row["backend"]) for row in report["results"]} == {(k, b) for k in (2,) for b in backends}
@@ -96,6 +105,38 @@ def test_quick_bench_writes_the_documented_json(tmp_path, capsys):
 def test_bad_options_exit_with_a_message(argv, message, capsys):
     assert main(["bench", "--device", "cpu", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"train_repeats": 0}, "--train-repeats: expected >= 1, got 0"),
+        ({"warmup": -1}, "--warmup: expected >= 0, got -1"),
+        ({"stages": 5}, "--stages: expected 1 to 4, got 5"),
+        ({"ks": ()}, "--ks: expected branch counts >= 1, got []"),
+        ({"train_modes": ("jit",)}, "--train-modes: expected names from ['eager', 'compile'], got ['jit']"),
+        ({"dtypes": ("float64",)}, "--dtypes: expected names from"),
+    ],
+)
+def test_settings_reject_values_out_of_range(override, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        dataclasses.replace(PRESETS[("cpu", True)], **override)
+
+
+def test_settings_fill_in_the_device_backends_only_when_none_are_named():
+    cpu = torch.device("cpu")
+    quick = PRESETS[("cpu", True)]
+    assert quick.backends == () and quick.resolved(cpu).backends[-2:] == ("eager", "compile")
+    assert dataclasses.replace(quick, backends=("eager",)).resolved(cpu).backends == ("eager",)
+
+
+@pytest.mark.parametrize(
+    "path", sorted(Path(__file__).parents[1].glob("benchmarks/results/*.json")), ids=lambda p: p.name
+)
+def test_committed_results_round_trip_through_settings(path):
+    recorded = json.loads(path.read_text())["settings"]
+    settings = BenchSettings(**{name: tuple(v) if isinstance(v, list) else v for name, v in recorded.items()})
+    assert list(settings.to_json().items()) == list(recorded.items())
 
 
 def test_check_backends_rejects_unknown_names():

@@ -2,73 +2,20 @@
 printed as tables (with a PASS/MISS column per target) and optionally written as JSON."""
 
 import argparse
+import dataclasses
 import json
 import sys
 
 import torch
 
 from plasticnet.bench.environment import describe, last_level_cache_bytes, load_average
-from plasticnet.bench.ops import (
-    BENCH_BACKENDS,
-    DEFAULT_DTYPES,
-    DTYPES,
-    RESNET18_CIFAR_ACTIVATIONS,
-    check_backends,
-    default_backends,
-    op_cases,
-    run_op_benchmarks,
-)
+from plasticnet.bench.ops import BENCH_BACKENDS, DEFAULT_DTYPES, DTYPES, run_op_benchmarks
 from plasticnet.bench.report import TARGETS, op_table, op_target, train_step_table, train_step_target
+from plasticnet.bench.settings import PRESETS, BenchSettings
 from plasticnet.bench.train_step import MODES, run_train_step_benchmarks
 
-# Sizes and repeat counts per (device type, quick). The GPU runs a batch of 512 (a CIFAR training batch);
-# the CPU a batch its 2 shared cores get through in minutes; --quick one shape in under a minute.
-PRESETS = {
-    ("cuda", False): dict(
-        batch=512,
-        stages=4,
-        ks=(1, 2, 4),
-        warmup=5,
-        repeats=50,
-        train_batch=256,
-        train_width=64,
-        train_modes=MODES,
-        train_repeats=20,
-    ),
-    ("cpu", False): dict(
-        batch=32,
-        stages=4,
-        ks=(1, 2, 4),
-        warmup=2,
-        repeats=15,
-        train_batch=32,
-        train_width=16,
-        train_modes=MODES,
-        train_repeats=5,
-    ),
-    ("cuda", True): dict(
-        batch=64,
-        stages=1,
-        ks=(1, 4),
-        warmup=2,
-        repeats=10,
-        train_batch=32,
-        train_width=16,
-        train_modes=("eager",),
-        train_repeats=5,
-    ),
-    ("cpu", True): dict(
-        batch=4,
-        stages=1,
-        ks=(1, 4),
-        warmup=1,
-        repeats=5,
-        train_batch=8,
-        train_width=8,
-        train_modes=("eager",),
-        train_repeats=3,
-    ),
-}
+# The options that override the preset's field of the same name.
+_OVERRIDES = ("batch", "ks", "warmup", "repeats", "train_batch", "train_width", "train_modes", "dtypes", "backends")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,7 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch", type=int, default=None, help="batch of the ResNet-18 activation shapes")
     parser.add_argument("--ks", type=int, nargs="+", default=None, help="numbers of branches K")
-    parser.add_argument("--dtypes", nargs="+", choices=tuple(DTYPES), default=list(DEFAULT_DTYPES))
+    parser.add_argument(
+        "--dtypes", nargs="+", choices=tuple(DTYPES), default=None, help=f"default: {' '.join(DEFAULT_DTYPES)}"
+    )
     parser.add_argument("--warmup", type=int, default=None, help="untimed calls before each measurement")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per measurement")
     parser.add_argument(
@@ -118,23 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
 
 
-def _settings(args: argparse.Namespace, device: torch.device) -> dict:
+def _settings(args: argparse.Namespace, device: torch.device) -> BenchSettings:
     """The preset for the device, overridden by every option given."""
-    settings = dict(PRESETS[(device.type, args.quick)])
-    for name in ("batch", "ks", "warmup", "repeats", "train_batch", "train_width", "train_modes"):
-        if getattr(args, name) is not None:
-            settings[name] = getattr(args, name)
-    for name in ("batch", "repeats", "train_batch", "train_width"):
-        if settings[name] < 1:
-            raise ValueError(f"--{name.replace('_', '-')}: expected >= 1, got {settings[name]}")
-    if settings["warmup"] < 0:
-        raise ValueError(f"--warmup: expected >= 0, got {settings['warmup']}")
-    if any(k < 1 for k in settings["ks"]):
-        raise ValueError(f"--ks: expected branch counts >= 1, got {settings['ks']}")
-    settings["dtypes"] = list(args.dtypes)
-    settings["backends"] = args.backends or default_backends(device)
-    check_backends(settings["backends"], device)
-    return settings
+    given = {name: getattr(args, name) for name in _OVERRIDES if getattr(args, name) is not None}
+    # nargs="+" options arrive as lists; the settings hold tuples.
+    given = {name: tuple(value) if isinstance(value, list) else value for name, value in given.items()}
+    return dataclasses.replace(PRESETS[(device.type, args.quick)], **given).resolved(device)
 
 
 def _device(name: str | None) -> torch.device:
@@ -145,24 +83,19 @@ def _device(name: str | None) -> torch.device:
     return torch.device(name)
 
 
-def benchmark(device: torch.device, settings: dict, *, train_step: bool, quick: bool, progress: bool) -> dict:
+def benchmark(device: torch.device, settings: BenchSettings, *, train_step: bool, quick: bool, progress: bool) -> dict:
     """Run the cases `settings` describe; returns the JSON document."""
+    settings = settings.resolved(device)
     report = describe(device)
     cache_bytes = last_level_cache_bytes(device)
-    cases = op_cases(
-        device,
-        batch=settings["batch"],
-        ks=settings["ks"],
-        dtypes=[DTYPES[d] for d in settings["dtypes"]],
-        activations=RESNET18_CIFAR_ACTIVATIONS[: settings["stages"]],
-    )
+    cases = settings.op_cases(device)
     rows, copy_gbps = run_op_benchmarks(
         device,
-        settings["backends"],
+        settings.backends,
         cases,
         cache_bytes=cache_bytes,
-        warmup=settings["warmup"],
-        repeats=settings["repeats"],
+        warmup=settings.warmup,
+        repeats=settings.repeats,
         progress=progress,
     )
     for row in rows:
@@ -171,11 +104,11 @@ def benchmark(device: torch.device, settings: dict, *, train_step: bool, quick: 
     if train_step:
         train_rows = run_train_step_benchmarks(
             device,
-            batch=settings["train_batch"],
-            base_width=settings["train_width"],
-            modes=settings["train_modes"],
-            warmup=settings["warmup"],
-            repeats=settings["train_repeats"],
+            batch=settings.train_batch,
+            base_width=settings.train_width,
+            modes=settings.train_modes,
+            warmup=settings.warmup,
+            repeats=settings.train_repeats,
             progress=progress,
         )
         for row in train_rows:
@@ -186,7 +119,7 @@ def benchmark(device: torch.device, settings: dict, *, train_step: bool, quick: 
             "load_after": load_average(),
             "cache_bytes": cache_bytes,
             "quick": quick,
-            "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()},
+            "settings": settings.to_json(),
             "copy_gbps": copy_gbps[largest.size_key],
             "copy_gbps_by_size": copy_gbps,
             "targets": TARGETS,
