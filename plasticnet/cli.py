@@ -11,7 +11,7 @@ _COMMANDS = {
     "train": ("plasticnet.training.cli", "train a plastic or static ResNet on CIFAR-10 or synthetic data"),
     "bench": ("plasticnet.bench", "benchmark residual_aggregate against eager and torch.compile"),
     "sweep": ("plasticnet.training.sweep", "train every (model, budget, seed) of a grid, resumably, one run dir each"),
-    "report": ("plasticnet.training.report", "mean, std and t-intervals over seeds of a sweep; plastic - static"),
+    "report": ("plasticnet.training.report", "t-intervals over seeds of one or more sweeps; plastic - static"),
 }
 
 
