@@ -128,3 +128,14 @@ def test_trainer_resolves_a_config_built_in_python(tmp_path):
     trainer = Trainer(config)
     assert trainer.config.versions["torch"] and trainer.config.world_size == 1
     assert [m["epoch"] for m in trainer.fit()] == [1]
+
+
+def test_a_per_stage_budget_the_resnet_chain_does_not_meet_starts_random():
+    from plasticnet.training.builders import build_model
+
+    config = TrainConfig(dataset="synthetic", base_width=4, budget_per_stage=(3, 1, 2, 2)).resolved("cpu", 1, {})
+    model = build_model(config, 10)
+    assert model.budget_per_stage == (3, 1, 2, 2)
+    assert tuple(sum(model.stage_of(p) == s for p in model.active_paths()) for s in range(4)) == (3, 1, 2, 2)
+    chain = build_model(TrainConfig(base_width=4, budget_per_stage=(2, 2, 2, 2)).resolved("cpu", 1, {}), 10)
+    assert chain.active_paths() == [(j - 1, j) for j in range(1, 9)]  # the ResNet's chain meets 2,2,2,2

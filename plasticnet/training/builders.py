@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 
-from plasticnet.models import PlasticResNet, StaticResNet, blocks_for_budget
+from plasticnet.models import ARCHITECTURES, PlasticResNet, StaticResNet, blocks_for_budget
 from plasticnet.plasticity import PlasticityController
 from plasticnet.training.config import ConfigError, TrainConfig
 
@@ -29,8 +29,10 @@ def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
                 backend=config.backend,
             )
         budget = config.budget if config.budget_per_stage is None else sum(config.budget_per_stage)
-        # a budget other than the ResNet's block count cannot start as that ResNet: start random
-        default_init = "resnet" if budget is None or budget == _chain_length(config) else "random"
+        # budgets the ResNet's chain (j-1 -> j) does not meet cannot start as that ResNet: start random
+        nodes = tuple(config.model_options.get("nodes_per_stage") or ARCHITECTURES[config.arch][1])
+        chain_fits = budget in (None, sum(nodes)) and config.budget_per_stage in (None, nodes)
+        default_init = "resnet" if chain_fits else "random"
         return PlasticResNet(
             config.arch,
             num_classes,
@@ -46,15 +48,6 @@ def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
         )
     except ValueError as error:
         raise ConfigError(f"--model {config.model}: {error}") from None
-
-
-def _chain_length(config: TrainConfig) -> int:
-    nodes = config.model_options.get("nodes_per_stage")
-    if nodes is None:
-        from plasticnet.models import ARCHITECTURES
-
-        nodes = ARCHITECTURES[config.arch][1]
-    return sum(nodes)
 
 
 def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
