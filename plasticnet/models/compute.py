@@ -28,7 +28,8 @@ def forward_macs(model: nn.Module, input_shape: Sequence[int] = (3, 32, 32)) -> 
     ResNet's MACs are its convolutions' and its classifier's.
 
     The model is left as it was: every module's train/eval mode is restored, and an eval-mode
-    forward without autograd updates no BN running statistics and no path scores.
+    forward without autograd updates no BN running statistics and no path scores. Compiled
+    parts run eagerly here: the counter sees every op, and the one-image shape compiles nothing.
     """
     shape = tuple(input_shape)
     if not shape or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape):
@@ -37,7 +38,7 @@ def forward_macs(model: nn.Module, input_shape: Sequence[int] = (3, 32, 32)) -> 
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), torch.compiler.set_stance("force_eager"), FlopCounterMode(display=False) as counter:
             model(torch.zeros((1, *shape), device=device, dtype=dtype))
     finally:
         for module, training in modes:

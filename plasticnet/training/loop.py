@@ -166,6 +166,7 @@ class Trainer:
         if checkpoint is not None:
             self.state.load_state_dict(checkpoint)
         self._wrap(first=True)
+        self._compute = self.compute()  # the network's cost changes only when a rewire changes it
         self.logger.start(config, plastic=controller is not None, resumed_from=checkpoint)
 
     # the parts, by the names a user of the loop knows them
@@ -237,13 +238,14 @@ class Trainer:
         if event is None:
             return None
         self._wrap()
+        self._compute = self.compute()
         return {
             "step": event.step,
             "epoch": state.epoch + 1,
             "dropped": [{"path": list(path), "score": score} for path, score in event.dropped],
             "grown": [{"path": list(path), "score": score} for path, score in event.grown],
             "active_paths": self._active_paths(),
-            **self.compute(),
+            **self._compute,
         }
 
     def _active_paths(self) -> list[list[int]]:
@@ -324,7 +326,7 @@ class Trainer:
             "lr": state.scheduler.get_last_lr()[0],
             "images_per_s": count / seconds,
             "active_paths": self._active_paths(),
-            **self.compute(),
+            **self._compute,
         }
         score = held_out["val_acc"] if self.validation_set is not None else held_out["test_acc"]
         is_best = score > state.best_score
