@@ -282,14 +282,15 @@ class PlasticResNet(nn.Module):
                 param.requires_grad_(p in active)
                 if p not in active:
                     param.grad = None
-        device = self.active.device
+        device, candidates = self.active.device, self.candidate_paths()
         self._plans = []
         for j in range(1, self.num_nodes + 1):
             computed, num_active = self._topology.computed_sources(j)
             slots = [self._topology.site_slot((i, j))[1] for i in computed]
             self.scores[j - 1].set_computed(slots)
-            index = [self.candidate_paths().index((i, j)) for i in computed]
-            scaled = None if not any((i, j) in self._fade_in for i in computed) else torch.tensor(index, device=device)
+            scaled = None  # the candidate index of each computed path, while one of them fades in
+            if any((i, j) in self._fade_in for i in computed):
+                scaled = torch.tensor([candidates.index((i, j)) for i in computed], device=device)
             slots_on_device = torch.tensor(slots, dtype=torch.long, device=device)
             sources = [(self._key(i, j), i) for i in computed]
             self._plans.append(_JoinPlan(sources, num_active, slots_on_device, scaled))

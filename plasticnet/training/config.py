@@ -13,11 +13,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+import torchvision
+
+from plasticnet import __version__
+from plasticnet.models import ARCHITECTURES, blocks_for_budget
 from plasticnet.models.architectures import STEMS
 from plasticnet.ops import BACKENDS
 from plasticnet.plasticity.controller import GROWN_GATES, REGROW_MODES
 from plasticnet.plasticity.criteria import DROP_CRITERIA, GROW_CRITERIA
 from plasticnet.training.datasets import DATASETS
+from plasticnet.training.recipes import RECIPES
 
 DEVICE_DEFAULTS = {
     # Sizes a CPU finishes in minutes (`make train`); on CUDA the synthetic set matches CIFAR-10's.
@@ -158,8 +164,6 @@ class TrainConfig:
     def from_overrides(cls, options: Mapping[str, Any], explicit: frozenset[str] = frozenset()) -> "TrainConfig":
         """Defaults, then the recipe named in `options`, then `options` (those in `explicit`
         win over the recipe; the rest are defaults the recipe may replace)."""
-        from plasticnet.training.recipes import RECIPES
-
         recipe = options.get("recipe")
         if recipe is not None and recipe not in RECIPES:
             raise ConfigError(f"--recipe: expected one of {sorted(RECIPES)}, got {recipe!r}")
@@ -218,8 +222,6 @@ class TrainConfig:
     def _budgets(self) -> dict[str, Any]:
         """budget_per_stage="auto" made explicit, and `budget` recorded as the active blocks or
         paths in all whenever the per-stage counts give it (so runs group by their budget)."""
-        from plasticnet.models import ARCHITECTURES, blocks_for_budget
-
         changes: dict[str, Any] = {}
         per_stage = self.budget_per_stage
         if per_stage == "auto":
@@ -325,11 +327,6 @@ def _validate(config: TrainConfig) -> None:
 
 def run_facts() -> tuple[int, dict[str, Any]]:
     """This process's world size (torchrun's WORLD_SIZE) and the versions a run records."""
-    import torch
-    import torchvision
-
-    from plasticnet import __version__
-
     versions = {
         "plasticnet": __version__,
         "torch": str(torch.__version__),

@@ -59,14 +59,3 @@ def read_jsonl(path: str) -> list[dict]:
         return []
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
-
-
-def read_config(run_dir: str) -> dict:
-    path = os.path.join(run_dir, CONFIG)
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"--resume {run_dir}: no {CONFIG} there; is it a `plasticnet train` run directory?"
-        ) from None

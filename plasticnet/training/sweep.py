@@ -28,9 +28,9 @@ from tqdm import tqdm
 
 from plasticnet.training import cli as train_cli
 from plasticnet.training.checkpoint import atomic_write
-from plasticnet.training.config import MODELS
+from plasticnet.training.config import MODELS, load_run_config
 from plasticnet.training.report import is_finished
-from plasticnet.training.run_dir import LAST, METRICS, read_config, read_jsonl
+from plasticnet.training.run_dir import LAST, METRICS, read_jsonl
 
 SWEEP_FILE = "sweep.json"
 LOG = "train.log"
@@ -181,7 +181,7 @@ def claim_root(root: str, spec: SweepSpec) -> None:
 
 
 def _finished(run_dir: str) -> bool:
-    return is_finished(read_config(run_dir), read_jsonl(os.path.join(run_dir, METRICS)))
+    return is_finished(load_run_config(run_dir).to_json(), read_jsonl(os.path.join(run_dir, METRICS)))
 
 
 def _clear_except_log(run_dir: str) -> None:
