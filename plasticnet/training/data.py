@@ -13,35 +13,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from plasticnet.training.datasets import (
-    DATASETS,
-    NUM_CLASSES,
-    DataUnavailableError,
-    ImageSet,
-    load_dataset,
-    synthetic_cifar,
-)
-
-# What moved to plasticnet.training.datasets stays importable from here for the callers not moved yet.
-__all__ = [
-    "DATASETS",
-    "NUM_CLASSES",
-    "DataUnavailableError",
-    "DeviceAugmenter",
-    "EvaluationBatches",
-    "ImageSet",
-    "TrainBatches",
-    "channel_statistics",
-    "load_cifar10",
-    "shuffled_batches",
-    "synthetic_cifar",
-]
-
-
-def load_cifar10(data_dir: str, download: bool) -> tuple[ImageSet, ImageSet]:
-    """CIFAR-10's train and test sets: load_dataset("cifar10", ...) without the class names."""
-    dataset = load_dataset("cifar10", data_dir, download=download)
-    return dataset.train, dataset.test
+from plasticnet.training.datasets import ImageSet
 
 
 def channel_statistics(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
