@@ -250,6 +250,7 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
     whole.fit()
     interrupted = Trainer(cli.parse_config([*argv, "--out", str(tmp_path / "resumed")]))
     interrupted.fit(until_epoch=1)
+    interrupted.close()  # gives the run directory up, as the end of a process would
     assert run_cli(["--resume", str(tmp_path / "resumed"), "--no-progress"]) == 0
 
     def logs(name):

@@ -1,16 +1,20 @@
 """Training checkpoints: written atomically, read with weights_only=True, checked for origin.
 
 A checkpoint is a dict of tensors and plain Python values only (state_dicts, RNG states), so
-`torch.load(weights_only=True)` reads it without unpickling arbitrary code.
+`torch.load(weights_only=True)` reads it without unpickling arbitrary code. It carries the
+SHA-256 of everything in it, checked on load: a bit flipped inside tensor data passes torch.load
+but not the checksum.
 """
 
+import hashlib
 import os
 import tempfile
 
 import torch
 
 FORMAT = "plasticnet-train-checkpoint"
-VERSION = 1
+VERSION = 2  # 2 adds the checksum; version 1 files (written before it) still load, unverified
+CHECKSUM = "sha256"
 
 
 class CheckpointError(RuntimeError):
@@ -44,7 +48,33 @@ def _umask() -> int:
 
 
 def save_checkpoint(path: str, state: dict) -> None:
-    atomic_write(path, lambda file: torch.save({"format": FORMAT, "version": VERSION, **state}, file))
+    state = {"format": FORMAT, "version": VERSION, **{k: v for k, v in state.items() if k != CHECKSUM}}
+    atomic_write(path, lambda file: torch.save({**state, CHECKSUM: checksum(state)}, file))
+
+
+def checksum(value) -> str:
+    """SHA-256 over a nest of dicts, lists and tensors: keys, types, shapes, dtypes and bytes."""
+    digest = hashlib.sha256()
+
+    def visit(item) -> None:
+        if isinstance(item, torch.Tensor):
+            item = item.detach().cpu().contiguous()
+            digest.update(f"tensor {item.dtype} {tuple(item.shape)};".encode())
+            digest.update(item.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(item, dict):
+            digest.update(f"dict {len(item)};".encode())
+            for key in sorted(item, key=repr):
+                digest.update(f"{key!r}:".encode())
+                visit(item[key])
+        elif isinstance(item, (list, tuple)):
+            digest.update(f"{type(item).__name__} {len(item)};".encode())
+            for element in item:
+                visit(element)
+        else:
+            digest.update(f"{type(item).__name__} {item!r};".encode())
+
+    visit(value)
+    return digest.hexdigest()
 
 
 def load_checkpoint(path: str, map_location=None) -> dict:
@@ -60,10 +90,16 @@ def load_checkpoint(path: str, map_location=None) -> dict:
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} was not written by `plasticnet train` (expected format {FORMAT!r})")
-    if state.get("version") != VERSION:
+    if state.get("version") not in (1, VERSION):
         raise CheckpointError(
-            f"checkpoint {path} has format version {state.get('version')}; this plasticnet reads version {VERSION}"
+            f"checkpoint {path} has format version {state.get('version')}; "
+            f"this plasticnet reads versions 1 and {VERSION}"
         )
+    saved = state.pop(CHECKSUM, None)
+    if state["version"] == VERSION and saved != checksum(state):
+        best = os.path.join(os.path.dirname(path), "best.pt")
+        fallback = f"; {best} may be intact: copy it over {path} to resume from it" if path != best else ""
+        raise CheckpointError(f"checkpoint {path} is damaged: its contents do not match its SHA-256{fallback}")
     return state
 
 

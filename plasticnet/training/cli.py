@@ -9,10 +9,11 @@ import typing
 from plasticnet.training.checkpoint import CheckpointError
 from plasticnet.training.config import RESUMABLE, ConfigError, TrainConfig, load_run_config, run_facts
 from plasticnet.training.datasets import DataUnavailableError
-from plasticnet.training.loop import Trainer
+from plasticnet.training.loop import Trainer, TrainingDiverged
+from plasticnet.training.run_dir import RunDirError
 
 EXPLICIT = "explicit_options"
-USER_ERRORS = (ConfigError, DataUnavailableError, CheckpointError)
+USER_ERRORS = (ConfigError, DataUnavailableError, CheckpointError, RunDirError, TrainingDiverged)
 
 
 def _record_explicit(namespace: argparse.Namespace, dest: str) -> None:
@@ -92,6 +93,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="continue the run in RUN_DIR from its last.pt (only --epochs, --device, --backend, "
         "--compile, --threads, --progress, --log-every may change)",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train into an --out that holds a run, deleting its checkpoints and logs first "
+        "(without it, such an --out is refused)",
+    )
 
 
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
@@ -125,7 +132,7 @@ def parse_config(argv: list[str]) -> TrainConfig:
 def run(args: argparse.Namespace) -> int:
     try:
         config = resume_config(args) if args.resume else resolve_config(args)
-        trainer = Trainer(config, resume=bool(args.resume))
+        trainer = Trainer(config, resume=bool(args.resume), overwrite=args.overwrite)
     except USER_ERRORS as error:
         print(f"plasticnet train: error: {error}", file=sys.stderr)
         return 2

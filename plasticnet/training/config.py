@@ -8,7 +8,9 @@ become dashes); the others are facts of the run (versions, world size) recorded 
 
 import dataclasses
 import json
+import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -278,7 +280,7 @@ def _validate(config: TrainConfig) -> None:
         raise ConfigError(f"--model: expected one of {list(MODELS)}, got {config.model!r}")
     if config.dataset not in DATASETS:
         raise ConfigError(f"--dataset: expected one of {list(DATASETS)}, got {config.dataset!r}")
-    positive = ("epochs", "batch_size", "eval_batch_size", "log_every", "rewire_interval", "image_size")
+    positive = ("epochs", "batch_size", "eval_batch_size", "log_every", "rewire_interval", "image_size", "max_span")
     optional_positive = ("base_width", "train_size", "test_size", "budget", "threads")
     non_negative = ("eval_every_steps", "cutout", "val_size", "protect_rewires")
     for name in positive + optional_positive + non_negative:
@@ -321,8 +323,34 @@ def _validate(config: TrainConfig) -> None:
             f"--image-size applies to --dataset imagefolder only (got --dataset {config.dataset}); "
             f"the other datasets are 32x32"
         )
-    if config.gate_weight_decay is not None and config.gate_weight_decay < 0:
-        raise ConfigError(f"--gate-weight-decay: expected a number >= 0 or None, got {config.gate_weight_decay}")
+    for name, (expected, holds) in _RANGES.items():
+        value = getattr(config, name)
+        if value is None and name == "gate_weight_decay":
+            continue
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or not holds(value)
+        ):
+            raise ConfigError(f"{_flag(name)}: expected a finite number {expected}, got {value!r}")
+    if isinstance(config.seed, bool) or not isinstance(config.seed, int) or not 0 <= config.seed < 2**63 - 1:
+        raise ConfigError(f"--seed: expected an integer in [0, 2**63 - 1), got {config.seed!r}")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(config.device)):
+        raise ConfigError(f"--device: expected auto, cpu, cuda or cuda:N, got {config.device!r}")
+
+
+# name -> (what is expected, the test of it): the ranges of the float options.
+_RANGES = {
+    "lr": ("> 0", lambda v: v > 0),
+    "momentum": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "weight_decay": (">= 0", lambda v: v >= 0),
+    "gate_weight_decay": (">= 0, or None (--weight-decay)", lambda v: v >= 0),
+    "label_smoothing": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "warmup_epochs": (">= 0", lambda v: v >= 0),
+    "rewire_fraction": ("in (0, 1]", lambda v: 0 < v <= 1),
+    "rewire_end": ("in (0, 1]", lambda v: 0 < v <= 1),
+}
 
 
 def run_facts() -> tuple[int, dict[str, Any]]:
@@ -339,11 +367,20 @@ def run_facts() -> tuple[int, dict[str, Any]]:
 def load_run_config(run_dir: str) -> TrainConfig:
     """The TrainConfig saved in RUN_DIR/config.json."""
     path = os.path.join(run_dir, "config.json")
+    if os.path.isfile(run_dir):
+        raise ConfigError(f"{run_dir} is a file; give the run directory that holds it")
     try:
         with open(path) as f:
             data = json.load(f)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise ConfigError(f"{run_dir}: no config.json there; is it a `plasticnet train` run directory?") from None
-    except json.JSONDecodeError as error:
+    except (OSError, ValueError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ConfigError(f"{path} is not valid JSON ({error}); the run directory is damaged") from None
-    return TrainConfig.from_json(data)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} holds a {type(data).__name__}, not a run's options; the run directory is damaged")
+    try:
+        return TrainConfig.from_json(data)
+    except (TypeError, ValueError) as error:  # a value of the wrong type that the checks do not reach
+        if isinstance(error, ConfigError):
+            raise ConfigError(f"{path}: {error}") from None
+        raise ConfigError(f"{path} holds an option of the wrong type ({error}); the run directory is damaged") from None

@@ -7,6 +7,8 @@ every `log_every` steps for the progress bar (and once per epoch for the metrics
 
 import contextlib
 import gc
+import math
+import os
 import time
 from dataclasses import dataclass
 
@@ -33,6 +35,10 @@ def _accumulate(totals: torch.Tensor, loss_sum: torch.Tensor, scores: torch.Tens
     totals[0] += loss_sum
     totals[1] += (scores.argmax(1) == labels).sum()
     totals[2] += labels.shape[0]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: the run stops before checkpointing the damaged weights."""
 
 
 @dataclass
@@ -99,19 +105,28 @@ class Trainer:
     """Train `config` into `config.out`; with resume=True, continue from its last.pt (the
     caller passes the saved config)."""
 
-    def __init__(self, config: TrainConfig, *, resume: bool = False):
+    def __init__(self, config: TrainConfig, *, resume: bool = False, overwrite: bool = False):
         if config.versions is None:  # built in Python, not by the CLI: fill in what the CLI would
             config = config.resolved()
+        if resume and overwrite:
+            raise ConfigError("--resume and --overwrite exclude each other: continue the run, or start it again")
         self.config = config
         if config.threads is not None:
             torch.set_num_threads(config.threads)
         self.distributed = Distributed(device_type(config.device))
         self.device = resolve_device(config.device, self.distributed.local_rank)
         self.on_cuda = self.device.type == "cuda"
-        torch.manual_seed(config.seed)  # the same initial weights on every rank
+        mode = "resume" if resume else "overwrite" if overwrite else "new"
+        self.logger = RunLogger(config.out, writer=self.distributed.rank == 0, mode=mode)  # first: claim the dir
+        try:
+            self._build(config, resume)
+        except BaseException:
+            self.logger.run_dir.release(remove_if_unused=True)
+            raise
 
+    def _build(self, config: TrainConfig, resume: bool) -> None:
+        torch.manual_seed(config.seed)  # the same initial weights on every rank
         data = load_data(config, self.distributed, self.device)
-        self.logger = RunLogger(config.out, writer=self.distributed.rank == 0)  # after the data: no empty run dirs
         self.train_set, self.test_set = data.train.to(self.device), data.test.to(self.device)
         self.validation_set = data.validation.to(self.device) if data.validation is not None else None
         self.classes = data.classes
@@ -162,12 +177,14 @@ class Trainer:
         self.state = TrainingState(self.model, optimizer, scheduler, controller, generators)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self._input_shape = tuple(self.train_set.images.shape[1:])
-        checkpoint = load_checkpoint(self.logger.run_dir.file(LAST), map_location=self.device) if resume else None
+        last = self.logger.run_dir.file(LAST)
+        # a run killed before its first checkpoint resumes from scratch
+        checkpoint = load_checkpoint(last, map_location=self.device) if resume and os.path.exists(last) else None
         if checkpoint is not None:
-            self.state.load_state_dict(checkpoint)
+            self.state.load_state_dict(checkpoint, source=last)
         self._wrap(first=True)
         self._compute = self.compute()  # the network's cost changes only when a rewire changes it
-        self.logger.start(config, plastic=controller is not None, resumed_from=checkpoint)
+        self.logger.start(config, plastic=controller is not None, resume=resume, checkpoint=checkpoint)
 
     # the parts, by the names a user of the loop knows them
     @property
@@ -328,6 +345,11 @@ class Trainer:
             "active_paths": self._active_paths(),
             **self._compute,
         }
+        if not all(math.isfinite(value) for value in (record["train_loss"], *held_out.values())):
+            raise TrainingDiverged(
+                f"the loss became non-finite in epoch {state.epoch} (train loss {record['train_loss']}); "
+                f"{self.logger.run_dir.file(LAST)} holds the last good epoch: lower --lr or raise --warmup-epochs"
+            )
         score = held_out["val_acc"] if self.validation_set is not None else held_out["test_acc"]
         is_best = score > state.best_score
         state.best_score = max(state.best_score, score)
@@ -335,9 +357,10 @@ class Trainer:
             self.logger.end_epoch(record, state.state_dict(self.config), is_best)
 
     def close(self) -> None:
-        """Leave the process group. Every DDP wrapper (rewires leave old ones in reference
-        cycles) must be freed first: one collected after the group is gone, at interpreter
-        exit, aborts the process ("terminate called without an active exception")."""
+        """Give up the run directory and leave the process group. Every DDP wrapper (rewires
+        leave old ones in reference cycles) must be freed first: one collected after the group is
+        gone, at interpreter exit, aborts the process ("terminate called without an active exception")."""
+        self.logger.run_dir.release()
         if self.distributed.enabled:
             dist.barrier()  # the other ranks wait for rank 0's last checkpoint and plots
             self.ddp_model = None

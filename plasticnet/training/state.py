@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from plasticnet.plasticity import PlasticityController
-from plasticnet.training.checkpoint import restore_rng_states, rng_states
+from plasticnet.training.checkpoint import CheckpointError, restore_rng_states, rng_states
 from plasticnet.training.config import TrainConfig
 
 
@@ -39,11 +39,28 @@ class TrainingState:
             "config": config.to_json(),
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.controller is not None:
-            self.controller.load_state_dict(state["controller"])
-        restore_rng_states(state["rng"], self.generators)
+    def load_state_dict(self, state: dict, source: str = "the checkpoint") -> None:
+        """Restore `state`; CheckpointError naming `source` when it does not fit this run (another
+        model, width or optimizer, or a key missing)."""
+        missing = sorted(set(self.state_dict_keys) - set(state))
+        if missing:
+            raise CheckpointError(f"checkpoint {source} lacks {missing}; it is not a complete training checkpoint")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            if self.controller is not None:
+                self.controller.load_state_dict(state["controller"])
+            restore_rng_states(state["rng"], self.generators)
+        except (RuntimeError, KeyError, ValueError, TypeError) as error:
+            # load_state_dict lists every mismatching tensor, one per line, under a heading
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            details = lines[1:] if lines and lines[0].startswith("Error(s) in loading") else lines
+            reason = (details[0] + (f" and {len(details) - 1} more" if len(details) > 1 else "")) if details else ""
+            raise CheckpointError(
+                f"checkpoint {source} does not fit this run's model and optimizer ({reason or type(error).__name__}); "
+                "was it written by another run or configuration?"
+            ) from None
         self.epoch, self.step, self.best_score = state["epoch"], state["step"], state["best_accuracy"]
+
+    state_dict_keys = ("model", "optimizer", "scheduler", "controller", "rng", "epoch", "step", "best_accuracy")
