@@ -10,7 +10,6 @@ import gc
 import math
 import os
 import time
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -23,10 +22,10 @@ from plasticnet.training import data as batching
 from plasticnet.training.builders import build_controller, build_model, build_optimizer, build_scheduler
 from plasticnet.training.checkpoint import load_checkpoint
 from plasticnet.training.config import ConfigError, TrainConfig
-from plasticnet.training.datasets import ImageSet, load_dataset, split_validation
 from plasticnet.training.distributed import Distributed, device_type, resolve_device
 from plasticnet.training.logger import RunLogger
 from plasticnet.training.run_dir import LAST
+from plasticnet.training.splits import load_data
 from plasticnet.training.state import TrainingState
 
 
@@ -39,51 +38,6 @@ def _accumulate(totals: torch.Tensor, loss_sum: torch.Tensor, scores: torch.Tens
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite: the run stops before checkpointing the damaged weights."""
-
-
-@dataclass
-class RunData:
-    """The splits a run uses, on the host: train, the validation split held out of the training
-    data (None without --val-size), test; and the class names."""
-
-    train: ImageSet
-    validation: ImageSet | None
-    test: ImageSet
-    classes: tuple[str, ...]
-
-
-def load_data(config: TrainConfig, distributed: Distributed, device: torch.device) -> RunData:
-    """The run's splits. One process downloads (when allowed), the others then find the files.
-    The validation split is carved from the whole training set before --train-size is taken
-    from the rest, so it is the same whatever the training size or seed."""
-    synthetic_sizes = (config.train_size + config.val_size, config.test_size) if config.dataset == "synthetic" else None
-
-    def load(download: bool):
-        return load_dataset(
-            config.dataset,
-            config.data_dir,
-            download=download,
-            image_size=config.image_size,
-            synthetic_sizes=synthetic_sizes,
-            seed=config.seed,
-            device=device,
-        )
-
-    if distributed.rank == 0:
-        dataset = load(config.download)
-    if distributed.enabled:
-        dist.barrier()
-    if distributed.rank != 0:
-        dataset = load(False)
-    train, validation = dataset.train, None
-    try:
-        if config.val_size:
-            train, validation = split_validation(train, config.val_size)
-        return RunData(
-            train.subset(config.train_size), validation, dataset.test.subset(config.test_size), dataset.classes
-        )
-    except ValueError as error:
-        raise ConfigError(f"--train-size / --val-size / --test-size: {error}") from None
 
 
 @contextlib.contextmanager
