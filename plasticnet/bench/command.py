@@ -4,7 +4,9 @@ printed as tables (with a PASS/MISS column per target) and optionally written as
 import argparse
 import dataclasses
 import json
+import os
 import sys
+import tempfile
 
 import torch
 
@@ -13,6 +15,7 @@ from plasticnet.bench.ops import BENCH_BACKENDS, DEFAULT_DTYPES, DTYPES, run_op_
 from plasticnet.bench.report import TARGETS, op_table, op_target, train_step_table, train_step_target
 from plasticnet.bench.settings import PRESETS, BenchSettings
 from plasticnet.bench.train_step import MODES, run_train_step_benchmarks
+from plasticnet.training.checkpoint import atomic_write
 
 # The options that override the preset's field of the same name.
 _OVERRIDES = ("batch", "ks", "warmup", "repeats", "train_batch", "train_width", "train_modes", "dtypes", "backends")
@@ -145,23 +148,53 @@ def print_report(report: dict, *, markdown: bool = False) -> None:
     print(f"{verdicts.count('PASS')} PASS, {verdicts.count('MISS')} MISS")
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.show:
-        with open(args.show) as f:
-            print_report(json.load(f), markdown=args.markdown)
-        return 0
+REPORT_KEYS = ("device", "date", "versions", "threads", "copy_gbps", "targets", "results", "train_step")
+
+
+def load_report(path: str) -> dict:
+    """A JSON written by `plasticnet bench --json`; ValueError naming the file otherwise."""
     try:
+        with open(path) as f:
+            report = json.load(f)
+    except OSError as error:
+        raise ValueError(f"--show {path}: cannot read it ({error.strerror})") from None
+    except ValueError as error:
+        raise ValueError(f"--show {path} is not JSON ({error})") from None
+    missing = [key for key in REPORT_KEYS if not isinstance(report, dict) or key not in report]
+    if missing:
+        raise ValueError(f"--show {path} is not a `plasticnet bench --json` report (it lacks {missing})")
+    return report
+
+
+def check_writable(path: str) -> None:
+    """Fail now, not after the whole benchmark, when --json cannot be written."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"--json {path} is a directory; name a file")
+    try:
+        tempfile.TemporaryFile(dir=directory).close()
+    except OSError as error:
+        raise ValueError(f"--json {path}: cannot write into {directory} ({error.strerror})") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.show:
+            print_report(load_report(args.show), markdown=args.markdown)
+            return 0
+        if args.json:
+            check_writable(args.json)
         device = _device(args.device)
         settings = _settings(args, device)
     except ValueError as e:
-        print(f"plasticnet bench: {e}", file=sys.stderr)
+        print(f"plasticnet bench: error: {e}", file=sys.stderr)
         return 2
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     report = benchmark(device, settings, train_step=args.train_step, quick=args.quick, progress=args.progress)
     print_report(report, markdown=args.markdown)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+        text = json.dumps(report, indent=1)
+        atomic_write(args.json, lambda f: f.write(text.encode()))
         print(f"wrote {args.json}")
     return 0
