@@ -32,7 +32,7 @@ def test_is_frozen_and_every_option_is_a_flag():
     cli.add_arguments(parser)
     defaults = {a.dest: a.default for a in parser._actions if a.option_strings and a.dest != "help"}
     options = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.metadata.get("help")}
-    assert {k: v for k, v in defaults.items() if k not in ("resume", "overwrite")} == options  # the dataclass is the list
+    assert {k: v for k, v in defaults.items() if k not in ("resume", "overwrite")} == options
     assert {"val_size", "threads", "blocks_per_stage", "budget_per_stage", "image_size"} <= set(options)
 
 

@@ -378,6 +378,9 @@ def load_run_config(run_dir: str) -> TrainConfig:
         raise ConfigError(f"{path} is not valid JSON ({error}); the run directory is damaged") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} holds a {type(data).__name__}, not a run's options; the run directory is damaged")
+    unresolved = [key for key in ("base_width", "out", "versions") if data.get(key) is None]  # set by resolved()
+    if unresolved:
+        raise ConfigError(f"{path} lacks {unresolved}, which every run records; the run directory is damaged")
     try:
         return TrainConfig.from_json(data)
     except (TypeError, ValueError) as error:  # a value of the wrong type that the checks do not reach
