@@ -1,14 +1,14 @@
 """Kernel edge cases the shared harness (test_residual_aggregate.py) does not reach, for every
-compiled backend present: non-finite incoming gradients where the relu is off, and many more
-branches than one launch or pointer table takes, over a size that crosses the CPU kernel's
-reduction chunks."""
+compiled backend present: non-finite incoming gradients where the relu is off, NaN and inf
+inputs, and many more branches than one launch or pointer table takes, over a size that crosses
+the CPU kernel's reduction chunks."""
 
 import math
 
 import pytest
 import torch
 
-from plasticnet.ops import available_backends, residual_aggregate
+from plasticnet.ops import PathScores, available_backends, residual_aggregate, residual_aggregate_reference
 
 DEVICES = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
 SUBJECTS = [(backend, device) for device in DEVICES for backend in available_backends(device) if backend != "reference"]
@@ -60,6 +60,63 @@ def test_non_finite_grad_out_where_relu_is_off_gives_zero_gradient(subject, dtyp
     for name, a, e in zip(names, actual, expected):
         # Same dtype rounding in both; the contributions are fp32 sums in another order.
         torch.testing.assert_close(a, e, rtol=1e-3, atol=1e-3, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def _with_non_finite_values(leaves):
+    """NaN, inf and -inf in x and in two branches (one of them on a path masked off: 0 * inf is NaN)."""
+    x, *branches, gates, mask = leaves
+    specials = torch.tensor([math.nan, math.inf, -math.inf], dtype=x.dtype)
+    with torch.no_grad():
+        x[0, :3] = specials
+        branches[0][1, 3:6] = specials
+        branches[len(branches) // 2][2, :3] = specials  # the masked-off branch
+    return leaves
+
+
+def _torch_relu_join(leaves):
+    """The node equation in plain PyTorch, fp32, its derivative torch.relu's own."""
+    x, *branches, gates, mask = leaves
+    return torch.relu(x + sum(m * g * h for h, g, m in zip(branches, gates, mask)))
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float16), ids=str)
+@pytest.mark.parametrize("subject", SUBJECTS, ids=_subject_id)
+def test_nan_and_inf_inputs_follow_torch_relu(subject, dtype):
+    # torch.relu's backward passes the gradient wherever its output is not <= 0, NaN included.
+    backend, device = subject
+    leaves = _with_non_finite_values(_leaves((3, 67), 3, dtype, device))
+    grad_out = torch.randn(leaves[0].shape, dtype=dtype, device=device)
+    scores = {b: PathScores(3, device=device) for b in (backend, "reference")}
+    results = {}
+    for b in (backend, "reference"):
+        x, *branches, gates, mask = leaves
+        y = residual_aggregate(x, branches, gates, mask, backend=b, scores=scores[b])
+        y.backward(grad_out)  # not autograd.grad, which would leave the scores' tap without its grad
+        results[b] = [y, *(t.grad for t in leaves)]
+        for t in leaves:
+            t.grad = None
+    actual, expected = results[backend], results["reference"]
+    y, grad_x = expected[:2]
+    assert y.isnan().any() and y.isinf().any() and (y == 0).any()
+    assert torch.equal(grad_x[y.isnan()], grad_out[y.isnan()]) and (grad_x[y == 0] == 0).all()
+    names = ["y", "grad x", "grad branches[0]", "grad branches[1]", "grad branches[2]", "grad gates", "grad mask"]
+    for name, a, e in zip(names, actual, expected):
+        torch.testing.assert_close(a, e, rtol=1e-3, atol=1e-3, equal_nan=True, msg=lambda m, name=name: f"{name}: {m}")
+    # The scores record c, which grad mask is gates * c: NaN and inf alike.
+    torch.testing.assert_close(scores[backend].last, scores["reference"].last, equal_nan=True, rtol=1e-3, atol=1e-3)
+    assert scores["reference"].last.isnan().any()
+
+
+def test_the_reference_differentiates_with_torch_relu():
+    leaves = _with_non_finite_values(_leaves((3, 67), 3, torch.float32, "cpu"))
+    grad_out = torch.randn(leaves[0].shape)
+    x, *branches, gates, mask = leaves
+    y = residual_aggregate_reference(x, branches, gates, mask, "relu")
+    expected_y = _torch_relu_join(leaves)
+    actual = [y, *torch.autograd.grad(y, leaves, grad_out)]
+    expected = [expected_y, *torch.autograd.grad(expected_y, leaves, grad_out)]
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e, equal_nan=True)
 
 
 @pytest.mark.parametrize("subject", SUBJECTS, ids=_subject_id)

@@ -168,10 +168,10 @@ std::vector<double> backward_kernel(const at::Tensor& grad_out, const at::Tensor
         const int64_t n = std::min(L::kWidth, block_end - i);
         auto dz = L::load(grad_out_data + i, n);
         if (relu) {
-          // Select rather than multiply by the mask: a non-finite grad_out where relu is off gives 0,
-          // as torch.relu's own backward does.
+          // torch.relu's rule: 0 where out <= 0, else grad_out, so the gradient passes where out is NaN.
+          // A select, not a multiply by the mask: a non-finite grad_out where relu is off gives 0.
           const auto o = L::load(out_data + i, n);
-          for (int p = 0; p < L::kParts; ++p) dz[p] = L::Vec::blendv(zero, dz[p], o[p] > zero);
+          for (int p = 0; p < L::kParts; ++p) dz[p] = L::Vec::blendv(dz[p], zero, o[p] <= zero);
         }
         L::store(grad_x_data + i, dz, n);
         for (int64_t k = 0; k < K; ++k) {

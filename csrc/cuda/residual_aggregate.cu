@@ -164,7 +164,7 @@ __device__ __forceinline__ void block_sum_store(const acc_t (&values)[M], int co
   }
 }
 
-// One pack of the backward: dz = out > 0 ? grad_out : 0 (relu) or grad_out, grad_x = dz (when
+// One pack of the backward: dz = out <= 0 ? 0 : grad_out (relu) or grad_out, grad_x = dz (when
 // grad_x is given), grad_branches[k] = scale[k] * dz, contribution[k] += sum(dz * branches[k]).
 template <int kVec, bool kRelu, typename scalar_t, typename acc_t>
 __device__ __forceinline__ void backward_pack(int64_t pack, const scalar_t* grad_out, const scalar_t* out,
@@ -177,10 +177,10 @@ __device__ __forceinline__ void backward_pack(int64_t pack, const scalar_t* grad
   if constexpr (kRelu) {
     acc_t y[kVec];
     load_pack<kVec>(out, pack, y);
-    // A select, not a multiply by the 0/1 mask: a non-finite grad_out where relu is off gives 0, as
-    // torch.relu's own backward and the CPU and Triton kernels do (inf * 0 would make NaN).
+    // torch.relu's rule, so the gradient passes where out is NaN. A select, not a multiply by the 0/1
+    // mask: a non-finite grad_out where relu is off gives 0, as in torch (inf * 0 would make NaN).
 #pragma unroll
-    for (int j = 0; j < kVec; ++j) dz[j] = y[j] > acc_t(0) ? dz[j] : acc_t(0);
+    for (int j = 0; j < kVec; ++j) dz[j] = y[j] <= acc_t(0) ? acc_t(0) : dz[j];
   }
   if (grad_x != nullptr) store_pack<kVec>(grad_x, pack, dz);
 #pragma unroll

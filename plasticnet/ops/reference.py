@@ -9,6 +9,12 @@ def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def relu_backward(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The gradient through torch.relu given its output: the function torch's own relu derivative
+    calls, so grad passes wherever out is not <= 0, NaN included. Differentiable."""
+    return torch.ops.aten.threshold_backward(grad, out, 0)
+
+
 def residual_aggregate_reference(x, branches, gates, mask, activation: str = "relu"):
     """y = act(x + sum_k mask[k]*gates[k]*branches[k]), accumulated in fp32 (fp64 for fp64)."""
     acc = accumulate_dtype(x.dtype)
@@ -23,9 +29,7 @@ def residual_aggregate_reference(x, branches, gates, mask, activation: str = "re
 def residual_aggregate_backward_reference(grad_out, out, branches, gates, mask, activation: str = "relu"):
     """(grad_x, grad_branches, contributions) exactly as the backward kernels define them."""
     acc = accumulate_dtype(out.dtype)
-    dz = grad_out.to(acc)
-    if activation == "relu":
-        dz = torch.where(out > 0, dz, 0.0)
+    dz = (relu_backward(grad_out, out) if activation == "relu" else grad_out).to(acc)
     scales = mask.to(acc) * gates.to(acc)
     grad_branches = [(scales[k] * dz).to(out.dtype) for k in range(len(branches))]
     contributions = torch.stack([(dz * h.to(acc)).sum() for h in branches]) if branches else dz.new_zeros(0)

@@ -90,7 +90,8 @@ def _aggregate_backward_kernel(
     acc_type = scales_ptr.dtype.element_ty
     dz = tl.load(grad_out_ptr + offsets, mask=in_bounds, other=0).to(acc_type)
     if RELU:
-        dz = tl.where(tl.load(out_ptr + offsets, mask=in_bounds, other=0) > 0, dz, 0)
+        # torch.relu's rule: the gradient passes where out is NaN
+        dz = tl.where(tl.load(out_ptr + offsets, mask=in_bounds, other=0) <= 0, 0, dz)
     if grad_x_ptr is not None:
         tl.store(grad_x_ptr + offsets, dz.to(grad_x_ptr.dtype.element_ty), mask=in_bounds)
     for k in tl.static_range(NUM_BRANCHES):
