@@ -1,7 +1,7 @@
 """Kernel edge cases the shared harness (test_residual_aggregate.py) does not reach, for every
 compiled backend present: non-finite incoming gradients where the relu is off, NaN and inf
-inputs, and many more branches than one launch or pointer table takes, over a size that crosses
-the CPU kernel's reduction chunks."""
+inputs, low-precision pre-activations that round to 0, and many more branches than one launch
+or pointer table takes, over a size that crosses the CPU kernel's reduction chunks."""
 
 import math
 
@@ -117,6 +117,26 @@ def test_the_reference_differentiates_with_torch_relu():
     expected = [expected_y, *torch.autograd.grad(expected_y, leaves, grad_out)]
     for a, e in zip(actual, expected):
         torch.testing.assert_close(a, e, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("subject", [("reference", d) for d in DEVICES] + SUBJECTS, ids=_subject_id)
+def test_a_pre_activation_that_rounds_to_zero_passes_no_gradient(subject, dtype):
+    # The op sums in fp32, rounds to the dtype, then applies relu (the same value as rounding relu's
+    # output): relu' is read off the rounded value, as in eager PyTorch, which sums in the dtype itself.
+    # So x + s*h with s*h below the dtype's smallest subnormal gets no gradient, and one at it does.
+    backend, device = subject
+    smallest = torch.finfo(dtype).smallest_normal * torch.finfo(dtype).eps  # the smallest subnormal
+    x = torch.zeros(4, dtype=dtype, device=device, requires_grad=True)
+    h = torch.tensor([0.25, 1.0, 4.0, -1.0], dtype=dtype, device=device).requires_grad_()  # s*h < half, = 1, 4, < 0
+    gate = torch.tensor([smallest], device=device)
+    y = residual_aggregate(x, [h], gate, torch.ones(1, device=device), backend=backend)
+    eager_y = torch.relu(x + gate.to(dtype) * h)
+    assert torch.equal(y, eager_y) and y.tolist() == [0.0, smallest, 4 * smallest, 0.0]
+    grad_out = torch.ones_like(y)
+    (grad_x,) = torch.autograd.grad(y, x, grad_out)
+    (eager_grad_x,) = torch.autograd.grad(eager_y, x, grad_out)
+    assert torch.equal(grad_x, eager_grad_x) and grad_x.tolist() == [0.0, 1.0, 1.0, 0.0]
 
 
 @pytest.mark.parametrize("subject", SUBJECTS, ids=_subject_id)

@@ -16,14 +16,19 @@ def relu_backward(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
 
 
 def residual_aggregate_reference(x, branches, gates, mask, activation: str = "relu"):
-    """y = act(x + sum_k mask[k]*gates[k]*branches[k]), accumulated in fp32 (fp64 for fp64)."""
+    """y = act(x + sum_k mask[k]*gates[k]*branches[k]), accumulated in fp32 (fp64 for fp64).
+
+    The sum is rounded to x's dtype before the activation, as eager PyTorch applies relu to a
+    tensor of that dtype: the value is the same (rounding keeps signs), and relu' comes from
+    torch.relu's autograd at the rounded value, so a tiny positive sum that rounds to 0 passes
+    no gradient."""
     acc = accumulate_dtype(x.dtype)
     scales = mask.to(acc) * gates.to(acc)
     z = x.to(acc)
     for k, h in enumerate(branches):
         z = z + scales[k] * h.to(acc)
-    y = torch.relu(z) if activation == "relu" else z
-    return y.to(x.dtype)
+    z = z.to(x.dtype)
+    return torch.relu(z) if activation == "relu" else z
 
 
 def residual_aggregate_backward_reference(grad_out, out, branches, gates, mask, activation: str = "relu"):
