@@ -7,7 +7,7 @@ import torch
 
 from plasticnet import _extension
 from plasticnet.ops.backends import resolve_backend
-from plasticnet.ops.reference import accumulate_dtype, residual_aggregate_reference
+from plasticnet.ops.reference import accumulate_dtype, relu_backward, residual_aggregate_reference
 
 ACTIVATIONS = ("relu", "none")
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
@@ -68,6 +68,8 @@ def residual_aggregate(
     backend: None (fastest available for x's device), "reference", "cpu", "cuda" or "triton".
     scores: a plasticnet.ops.PathScores that records c_k after every backward, without
     host synchronisation; `slots` maps branch k to its slot (default: slot k).
+
+    Differentiable to any order.
     """
     branches = list(branches) if isinstance(branches, (list, tuple)) else branches
     if not isinstance(branches, list):
@@ -125,6 +127,34 @@ def _make_backward(backward_op):
     return backward
 
 
+def _setup_backward_context(ctx, inputs, output):
+    _, out, branches, gates, mask, activation = inputs
+    ctx.activation = activation
+    ctx.save_for_backward(out, output[0], gates, mask, *branches)
+
+
+def _backward_of_backward(ctx, grad_grad_x, grad_grad_branches, grad_contributions):
+    """Second order: with dz = grad_x, the backward op's outputs dz, s_k*dz and c_k = sum(dz*h_k)
+    are linear in dz, which is grad_out through relu'. relu' is piecewise constant, so `out`
+    gets no gradient (as through torch.relu's own backward). Plain PyTorch, so torch
+    differentiates it again for any higher order."""
+    out, dz, gates, mask, *branches = ctx.saved_tensors
+    acc = accumulate_dtype(out.dtype)
+    scales = mask.to(acc) * gates.to(acc)
+    grad_dz = grad_grad_x.to(acc)
+    for k, h in enumerate(branches):
+        grad_dz = grad_dz + scales[k] * grad_grad_branches[k].to(acc) + grad_contributions[k] * h.to(acc)
+    grad_dz = grad_dz.to(out.dtype)
+    grad_grad_out = relu_backward(grad_dz, out) if ctx.activation == "relu" else grad_dz
+    dz = dz.to(acc)
+    grad_scales = [(g.to(acc) * dz).sum() for g in grad_grad_branches]
+    grad_scales = torch.stack(grad_scales) if grad_scales else scales.new_zeros(0)
+    grad_branches = [(grad_contributions[k] * dz).to(out.dtype) for k in range(len(branches))]
+    grad_gates = (mask.to(acc) * grad_scales).to(gates.dtype)
+    grad_mask = (gates.to(acc) * grad_scales).to(mask.dtype)
+    return grad_grad_out, None, grad_branches, grad_gates, grad_mask, None
+
+
 if _extension.loaded:
     for _name in ("residual_aggregate", "residual_aggregate_triton"):
         _backward_name = f"plasticnet::{_name}_backward"
@@ -135,3 +165,4 @@ if _extension.loaded:
             _make_backward(getattr(torch.ops.plasticnet, f"{_name}_backward")),
             setup_context=_setup_context,
         )
+        torch.library.register_autograd(_backward_name, _backward_of_backward, setup_context=_setup_backward_context)
