@@ -269,6 +269,35 @@ def test_third_order_gradients_match_reference(subject):
         torch.testing.assert_close(actual, expected)
 
 
+@pytest.mark.parametrize("subject", SUBJECTS, ids=_subject_id)
+def test_inference_tensors_work_wherever_the_reference_takes_them(subject):
+    backend, device = subject
+    case = Case(backend, device, (3, 5, 7), torch.float32, "contiguous", 2, "relu")
+    x, *branches, gates, mask = [t.detach() for t in _inputs(case)]
+
+    def run(backend, x, branches, gates, mask):
+        return residual_aggregate(x, branches, gates, mask, backend=backend)
+
+    with torch.inference_mode():
+        y = run(backend, x, branches, gates, mask)
+        inference = [t.clone() for t in (*branches, gates, mask)]
+    assert y.is_inference()
+    torch.testing.assert_close(y, run("reference", x, branches, gates, mask))
+    # Outside inference mode, inference branches, gates and mask beside an x that requires grad.
+    *inference_branches, inference_gates, inference_mask = inference
+    results = {}
+    for b in (backend, "reference"):
+        x_leaf = x.clone().requires_grad_()
+        out = run(b, x_leaf, inference_branches, inference_gates, inference_mask)
+        results[b] = (out, *torch.autograd.grad(out, x_leaf, torch.ones_like(out)))
+    for actual, expected in zip(results[backend], results["reference"]):
+        torch.testing.assert_close(actual, expected)
+    # Gates needing a grad need the branches saved, which autograd refuses for inference tensors.
+    for b in (backend, "reference"):
+        with pytest.raises(RuntimeError, match="Inference tensors cannot be saved for backward"):
+            run(b, x, inference_branches, gates.clone().requires_grad_(), mask)
+
+
 def _op_family(backend: str):
     """(forward op, backward op) a backend runs on."""
     suffix = "_triton" if backend == "triton" else ""

@@ -69,7 +69,8 @@ def residual_aggregate(
     scores: a plasticnet.ops.PathScores that records c_k after every backward, without
     host synchronisation; `slots` maps branch k to its slot (default: slot k).
 
-    Differentiable to any order.
+    Differentiable to any order. A branch, gates or mask may be an inference tensor wherever
+    the reference accepts one: autograd saves the branches only when gates or mask need a grad.
     """
     branches = list(branches) if isinstance(branches, (list, tuple)) else branches
     if not isinstance(branches, list):
@@ -112,14 +113,23 @@ def _fake_backward(grad_out, out, branches, gates, mask, activation):
 
 def _setup_context(ctx, inputs, output):
     x, branches, gates, mask, activation = inputs
-    ctx.activation = activation
-    ctx.save_for_backward(output, gates, mask, *branches)
+    ctx.activation, ctx.num_branches = activation, len(branches)
+    # The branches serve only the contributions c, i.e. grad gates and grad mask: saved only then, as the
+    # reference's autograd saves them, so that an inference tensor (which autograd cannot save) is a valid
+    # branch exactly where it is in the reference. gates and mask are K scalars: an inference one is copied.
+    ctx.wants_contributions = gates.requires_grad or mask.requires_grad
+    gates, mask = (t.clone() if t.is_inference() else t for t in (gates, mask))
+    ctx.save_for_backward(output, gates, mask, *(branches if ctx.wants_contributions else ()))
 
 
 def _make_backward(backward_op):
     def backward(ctx, grad_out):
         out, gates, mask, *branches = ctx.saved_tensors
+        if not ctx.wants_contributions:
+            branches = [out] * ctx.num_branches  # stand-ins of the right shape: their c is not used
         grad_x, grad_branches, contributions = backward_op(grad_out, out, branches, gates, mask, ctx.activation)
+        if not ctx.wants_contributions:
+            return grad_x, list(grad_branches), None, None, None
         grad_gates = (mask.to(contributions.dtype) * contributions).to(gates.dtype)
         grad_mask = (gates.to(contributions.dtype) * contributions).to(mask.dtype)
         return grad_x, list(grad_branches), grad_gates, grad_mask, None
