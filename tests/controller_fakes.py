@@ -118,7 +118,7 @@ class TinyPlasticNet(nn.Module):
                     torch.ones_like(gates),
                     activation="none",
                     scores=site,
-                    slots=torch.tensor(self._slots(j, sources), dtype=torch.long),
+                    slots=self._slots(j, sources),
                 )
             )
         return self.head(nodes[-1])

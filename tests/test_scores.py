@@ -66,7 +66,7 @@ def test_only_computed_slots_are_updated_and_slots_map_branches():
     scores.set_computed([1, 3])
     x, branches, gates, mask = _inputs(2)
     grad_out = torch.randn_like(x)
-    residual_aggregate(x, branches, gates, mask, scores=scores, slots=torch.tensor([3, 1])).backward(grad_out)
+    residual_aggregate(x, branches, gates, mask, scores=scores, slots=[3, 1]).backward(grad_out)
     c = _expected_contributions(x, branches, gates, mask, grad_out).float()
     assert scores.updates.tolist() == [0, 1, 0, 1, 0]
     torch.testing.assert_close(scores.last[[3, 1]], c)
@@ -125,11 +125,40 @@ def test_bad_arguments(kwargs, error):
         PathScores(**kwargs)
 
 
-def test_slots_of_wrong_length_is_a_clear_error():
+@pytest.mark.parametrize(
+    "slots, error, match",
+    [
+        ([0, 1, 2], ValueError, r"slots: expected one slot per gate \(2\), got 3"),
+        ([-1, 2], ValueError, r"slots: expected distinct slots in \[0, 4\), got \[-1, 2\]"),
+        ([1, 1], ValueError, r"slots: expected distinct slots in \[0, 4\), got \[1, 1\]"),
+        ([0, 4], ValueError, r"slots: expected distinct slots in \[0, 4\), got \[0, 4\]"),
+        ([0, 1.0], TypeError, r"slots: expected ints, got \[0, 1.0\]"),
+        ([True, 0], TypeError, "slots: expected ints"),
+        (torch.tensor([0, 1]), TypeError, "slots: expected a list or tuple of ints, got Tensor"),
+    ],
+)
+def test_bad_slots_are_a_clear_error(slots, error, match):
     scores = PathScores(4)
     x, branches, gates, mask = _inputs(2)
-    with pytest.raises(ValueError, match="slots"):
-        residual_aggregate(x, branches, gates, mask, scores=scores, slots=torch.tensor([0, 1, 2]))
+    with pytest.raises(error, match=match):
+        residual_aggregate(x, branches, gates, mask, scores=scores, slots=slots)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_slots_without_scores_are_refused(backend):
+    x, branches, gates, mask = _inputs(2)
+    with pytest.raises(ValueError, match="slots: given without scores"):
+        residual_aggregate(x, branches, gates, mask, backend=backend, slots=[0, 1])
+
+
+def test_slots_are_checked_and_copied_once_per_sequence():
+    scores = PathScores(4)
+    x, branches, gates, mask = _inputs(2)
+    residual_aggregate(x, branches, gates, mask, scores=scores, slots=[2, 0]).sum().backward()
+    index = scores._indices[(2, 0)]
+    for slots in ((2, 0), [1, 3]):
+        residual_aggregate(x, branches, gates, mask, scores=scores, slots=slots).sum().backward()
+    assert list(scores._indices) == [(2, 0), (1, 3)] and scores._indices[(2, 0)] is index
 
 
 def test_deepcopy_keeps_scores_updating():

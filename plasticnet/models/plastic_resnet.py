@@ -55,7 +55,7 @@ class _JoinPlan:
 
     sources: list[tuple[str, int]]
     num_active: int
-    slots: torch.Tensor  # slot in the site's PathScores of each computed path, on the model's device
+    slots: tuple[int, ...]  # slot in the site's PathScores of each computed path
     scaled: torch.Tensor | None  # candidate index of each computed path while one of them is faded in, else None
 
 
@@ -286,14 +286,13 @@ class PlasticResNet(nn.Module):
         self._plans = []
         for j in range(1, self.num_nodes + 1):
             computed, num_active = self._topology.computed_sources(j)
-            slots = [self._topology.site_slot((i, j))[1] for i in computed]
+            slots = tuple(self._topology.site_slot((i, j))[1] for i in computed)
             self.scores[j - 1].set_computed(slots)
             scaled = None  # the candidate index of each computed path, while one of them fades in
             if any((i, j) in self._fade_in for i in computed):
                 scaled = torch.tensor([candidates.index((i, j)) for i in computed], device=device)
-            slots_on_device = torch.tensor(slots, dtype=torch.long, device=device)
             sources = [(self._key(i, j), i) for i in computed]
-            self._plans.append(_JoinPlan(sources, num_active, slots_on_device, scaled))
+            self._plans.append(_JoinPlan(sources, num_active, slots, scaled))
 
     def start_ramp(self, paths: Iterable[PathId], steps: int) -> None:
         """Fade `paths` in: their join scale m (the op's mask) goes 0 -> 1 over `steps` advance_ramp()s."""

@@ -56,7 +56,7 @@ def residual_aggregate(
     activation: str = "relu",
     backend: str | None = None,
     scores=None,
-    slots: torch.Tensor | None = None,
+    slots: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """y = act(x + sum_k mask[k] * gates[k] * branches[k]), in one fused pass forward and backward.
 
@@ -67,7 +67,8 @@ def residual_aggregate(
 
     backend: None (fastest available for x's device), "reference", "cpu", "cuda" or "triton".
     scores: a plasticnet.ops.PathScores that records c_k after every backward, without
-    host synchronisation; `slots` maps branch k to its slot (default: slot k).
+    host synchronisation; `slots` (distinct ints, only with scores) maps branch k to its slot
+    (default: slot k).
 
     Differentiable to any order. A branch, gates or mask may be an inference tensor wherever
     the reference accepts one: autograd saves the branches only when gates or mask need a grad.
@@ -76,6 +77,8 @@ def residual_aggregate(
     if not isinstance(branches, list):
         raise TypeError(f"branches: expected a list or tuple of Tensors, got {type(branches).__name__}")
     check_inputs(x, branches, gates, mask, activation)
+    if slots is not None and scores is None:
+        raise ValueError("slots: given without scores; slots say which slot of `scores` each branch feeds")
     backend = resolve_backend(backend, x.device)
     if scores is not None:
         gates = scores.tap(gates, slots)

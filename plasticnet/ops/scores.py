@@ -10,6 +10,8 @@ no Python loop over slots, and identical for every backend, since every backend 
 the same grad gates.
 """
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -42,6 +44,7 @@ class PathScores(nn.Module):
     def _make_tap(self) -> None:
         self._tap = torch.zeros(2, self.num_slots, device=self.taylor.device, requires_grad=True)
         self._tap.register_post_accumulate_grad_hook(self._accumulate)
+        self._indices: dict[tuple[int, ...], torch.Tensor] = {}  # checked slots -> their index on the device
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -52,15 +55,33 @@ class PathScores(nn.Module):
         self._make_tap()  # the tap is no buffer (it must stay a leaf): make it anew on the new device
         return self
 
-    def tap(self, gates: torch.Tensor, slots: torch.Tensor | None = None) -> torch.Tensor:
-        """gates, unchanged in value, wired so that this site's backward reaches the scores."""
-        t = self._tap if slots is None else self._tap[:, slots]
+    def tap(self, gates: torch.Tensor, slots: Sequence[int] | None = None) -> torch.Tensor:
+        """gates, unchanged in value, wired so that this site's backward reaches the scores.
+
+        slots: the slot of each gate (default: gate k feeds slot k), distinct ints in
+        [0, num_slots). Host values, not a tensor: each distinct sequence is checked and copied to
+        the device once, so a forward neither reads the device nor copies to it."""
+        t = self._tap if slots is None else self._tap[:, self._index(slots)]
         if t.shape[1] != gates.shape[0]:
             raise ValueError(
                 f"slots: expected one slot per gate ({gates.shape[0]}), got {t.shape[1]} "
                 f"(this PathScores has {self.num_slots} slots)"
             )
         return gates * (1 + t[0]) + t[1]
+
+    def _index(self, slots: Sequence[int]) -> torch.Tensor:
+        if not isinstance(slots, (list, tuple)):
+            raise TypeError(f"slots: expected a list or tuple of ints, got {type(slots).__name__}")
+        key = tuple(slots)
+        index = self._indices.get(key)
+        if index is None:
+            if not all(isinstance(s, int) and not isinstance(s, bool) for s in key):
+                raise TypeError(f"slots: expected ints, got {list(key)!r}")
+            if not all(0 <= s < self.num_slots for s in key) or len(set(key)) != len(key):
+                # a negative slot would index from the end, a repeated one would feed one slot twice
+                raise ValueError(f"slots: expected distinct slots in [0, {self.num_slots}), got {list(key)}")
+            index = self._indices[key] = torch.tensor(key, dtype=torch.long, device=self.taylor.device)
+        return index
 
     def set_computed(self, slots) -> None:
         """Which slots the site computes (active paths, plus probed ones on a probe step)."""
