@@ -7,6 +7,7 @@ numerics harness (tests/test_residual_aggregate.py) covers the op's public surfa
 """
 
 import inspect
+import math
 import os
 import subprocess
 import sys
@@ -68,7 +69,7 @@ def assert_backward_matches_reference(grad_out, out, branches, gates, mask, acti
 
 
 # Low-precision outputs are compared in their own dtype at assert_close's defaults: one rounding
-# apart at most (the interpreter truncates fp32 -> bf16 where GPUs round to nearest).
+# apart at most (a GPU may fuse the multiply-adds that the reference rounds one by one).
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     "memory_format", (torch.contiguous_format, torch.channels_last), ids=("contiguous", "channels_last")
@@ -130,6 +131,45 @@ def test_contributions_are_bitwise_deterministic(device):
     first = triton_kernels.residual_aggregate_triton_backward(grad_out, out, branches, gates, mask, "relu")[2]
     second = triton_kernels.residual_aggregate_triton_backward(grad_out, out, branches, gates, mask, "relu")[2]
     assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_is_rounded_to_nearest_even_on_every_device(device):
+    # One branch, x = +-1 and s*h = h/4 of bf16's ulp at 1: z is exact in fp32, so the outputs are
+    # torch's own fp32 -> bf16 rounding of it, bit for bit: ties (h = 2 and 6, and -1 + 3/4 of the
+    # ulp below 1) go to even, subnormals (the last two) stay, NaN stays NaN (payloads may differ).
+    h = torch.tensor([1.0, 2.0, 3.0, 6.0, 3.0, 1.0, 1.0, 1.0, 0.0, 0.0], device=device, dtype=torch.bfloat16)
+    x = torch.tensor([1.0, 1.0, 1.0, 1.0, -1.0, math.nan, math.inf, -math.inf], device=device).to(torch.bfloat16)
+    x = torch.cat([x, torch.tensor([2.0**-130, -(2.0**-133)], device=device).to(torch.bfloat16)])
+    gates, mask = torch.tensor([2.0**-9], device=device), torch.ones(1, device=device)
+    out = triton_kernels.residual_aggregate_triton(x, [h], gates, mask, "none")
+    expected = (x.float() + gates * h.float()).to(torch.bfloat16)
+    number = ~expected.isnan()
+    assert torch.equal(out.isnan(), ~number)
+    assert out[number].view(torch.int16).tolist() == expected[number].view(torch.int16).tolist()
+    assert out[:5].tolist() == [1.0, 1.0, 1.0 + 2.0**-7, 1.0 + 2.0**-6, -1.0 + 2.0**-7]
+    # grad_branches = s * dz, rounded the same way; grad_x = dz is exact; subnormal outputs count as > 0.
+    gates = torch.tensor([1.0 + 0.75 * 2.0**-7], device=device)
+    grad_out = torch.ones_like(x)
+    grad_x, (grad_h,), _ = triton_kernels.residual_aggregate_triton_backward(grad_out, x, [h], gates, mask, "relu")
+    assert grad_h[0].item() == 1.0 + 2.0**-7  # truncation would give 1.0
+    assert grad_x.tolist() == [1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0]
+
+
+@pytest.mark.skipif(not triton_interpreted(), reason="shows what the Triton interpreter's own casts do")
+def test_the_interpreter_truncates_a_plain_bf16_cast():
+    # Why the kernels convert bf16 from its bits: the interpreter's emulated fp32 -> bf16 cast
+    # truncates where a GPU rounds to nearest even, and flushes subnormals to 0.
+    @triton.jit
+    def cast(out_ptr, in_ptr):
+        offsets = triton.language.arange(0, 2)
+        triton.language.store(out_ptr + offsets, triton.language.load(in_ptr + offsets).to(out_ptr.dtype.element_ty))
+
+    values = torch.tensor([1.0 + 0.75 * 2.0**-7, 2.0**-130])
+    out = torch.empty(2, dtype=torch.bfloat16)
+    cast[(1,)](out, values)
+    assert out.tolist() == [1.0, 0.0]
+    assert values.to(torch.bfloat16).tolist() == [1.0 + 2.0**-7, 2.0**-130]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -278,7 +318,7 @@ def test_kernels_compile_for_sm90():
     assert result.returncode == 0 and f"{len(SM90_DTYPES)} passed" in result.stdout, result.stdout + result.stderr
 
 
-# ---- GPU only: sizes the interpreter cannot afford, autotuning, bf16 rounding as on hardware ----
+# ---- GPU only: sizes the interpreter cannot afford, autotuning ----
 
 
 @needs_cuda

@@ -45,6 +45,32 @@ _BACKWARD_BLOCK = 256 if triton_interpreted() else 2048
 _BACKWARD_WARPS = 8
 
 
+# bf16 is fp32's upper half. The interpreter emulates its casts, truncating fp32 -> bf16 (a GPU
+# rounds to nearest even) and flushing subnormals to 0 both ways: bf16 is converted from the bits
+# here, with the GPU's results on both, so interpreted bf16 tests hold the kernels to GPU bits.
+
+
+@triton.jit
+def _load(ptrs, mask, acc_type):
+    """Elements as acc_type (0 where masked off)."""
+    value = tl.load(ptrs, mask=mask, other=0)
+    if ptrs.dtype.element_ty == tl.bfloat16:
+        value = (value.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    return value.to(acc_type)
+
+
+@triton.jit
+def _store(ptrs, value, mask):
+    """value in the pointers' dtype, rounded to nearest even; a NaN keeps its top bits, made quiet
+    so that dropping the lower ones cannot turn it into inf."""
+    if ptrs.dtype.element_ty == tl.bfloat16:
+        bits = value.to(tl.uint32, bitcast=True)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        upper = tl.where(value != value, (bits >> 16) | 0x40, rounded)
+        value = upper.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    tl.store(ptrs, value.to(ptrs.dtype.element_ty), mask=mask)
+
+
 @triton.autotune(configs=_FORWARD_CONFIGS, key=["n_elements", "NUM_BRANCHES"])
 @triton.jit
 def _aggregate_forward_kernel(
@@ -61,12 +87,12 @@ def _aggregate_forward_kernel(
     in_bounds = offsets < n_elements
     # The scales are stored in the accumulation dtype (fp32, fp64 for fp64 inputs).
     acc_type = scales_ptr.dtype.element_ty
-    z = tl.load(x_ptr + offsets, mask=in_bounds).to(acc_type)
+    z = _load(x_ptr + offsets, in_bounds, acc_type)
     for k in tl.static_range(NUM_BRANCHES):
-        z += tl.load(scales_ptr + k) * tl.load(branch_ptrs[k] + offsets, mask=in_bounds).to(acc_type)
+        z += tl.load(scales_ptr + k) * _load(branch_ptrs[k] + offsets, in_bounds, acc_type)
     if RELU:
         z = tl.where(z < 0, 0, z)  # not tl.maximum, which may turn NaN into 0 on GPUs
-    tl.store(out_ptr + offsets, z.to(out_ptr.dtype.element_ty), mask=in_bounds)
+    _store(out_ptr + offsets, z, in_bounds)
 
 
 @triton.jit
@@ -88,18 +114,18 @@ def _aggregate_backward_kernel(
     offsets = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     in_bounds = offsets < n_elements
     acc_type = scales_ptr.dtype.element_ty
-    dz = tl.load(grad_out_ptr + offsets, mask=in_bounds, other=0).to(acc_type)
+    dz = _load(grad_out_ptr + offsets, in_bounds, acc_type)
     if RELU:
         # torch.relu's rule: the gradient passes where out is NaN
-        dz = tl.where(tl.load(out_ptr + offsets, mask=in_bounds, other=0) <= 0, 0, dz)
+        dz = tl.where(_load(out_ptr + offsets, in_bounds, acc_type) <= 0, 0, dz)
     if grad_x_ptr is not None:
-        tl.store(grad_x_ptr + offsets, dz.to(grad_x_ptr.dtype.element_ty), mask=in_bounds)
+        _store(grad_x_ptr + offsets, dz, in_bounds)
     for k in tl.static_range(NUM_BRANCHES):
-        h = tl.load(branch_ptrs[k] + offsets, mask=in_bounds, other=0).to(acc_type)
+        h = _load(branch_ptrs[k] + offsets, in_bounds, acc_type)
         # Stage one of the contribution reduction: one partial per (branch, program), no atomics.
         tl.store(partials_ptr + k * partials_row_stride + pid, tl.sum(dz * h, axis=0))
         grad_h = tl.load(scales_ptr + k) * dz
-        tl.store(grad_branch_ptrs[k] + offsets, grad_h.to(grad_branch_ptrs[k].dtype.element_ty), mask=in_bounds)
+        _store(grad_branch_ptrs[k] + offsets, grad_h, in_bounds)
 
 
 def _device_of(t: torch.Tensor):
