@@ -194,3 +194,4 @@ def set_gate(model, path, value):
 def set_taylor(model, path, value):
     site, slot = model._topology.site_slot(path)
     model.scores[site].taylor[slot] = value
+    model.scores[site].updates[slot] += 1  # a measurement, as a backward's: drop="taylor" reads only measured paths

@@ -138,6 +138,18 @@ def test_gradient_drop_without_gradients_names_the_call_order():
         controller_for(model, drop="gradient").step()
 
 
+def test_taylor_drop_before_any_backward_is_an_error_that_changes_nothing(net):
+    # A fresh network's scores are all zero: no evidence to drop the "weakest" on.
+    model, make_batch = net
+    before = model.active_paths()
+    controller = controller_for(model, drop="taylor")
+    with pytest.raises(RuntimeError, match=r"drop='taylor': no backward has measured paths \[\(0, 1\)"):
+        controller.step()
+    assert model.active_paths() == before and controller.history == []
+    loss_on(model, make_batch(torch.Generator().manual_seed(0))).backward()
+    assert controller.step() is not None  # once measured, the next rewire goes ahead
+
+
 @pytest.mark.parametrize("threshold", [None, 0.8])
 def test_threshold_drops_every_gate_below_it_and_regrows_to_budget(threshold):
     model = TinyPlasticNet()

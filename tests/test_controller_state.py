@@ -88,6 +88,14 @@ def test_load_state_dict_rejects_foreign_state():
         controller_for(TinyPlasticNet()).load_state_dict({"step_count": 3})
 
 
+def test_load_state_dict_rejects_protected_paths_the_model_lacks():
+    controller = controller_for(TinyPlasticNet())
+    state = {**controller.state_dict(), "step_count": 5, "protected": [[0, 1, 1], [0, 9, 2], [3, 2, 1]]}
+    with pytest.raises(ValueError, match=r"protects paths \[\(0, 9\), \(3, 2\)\], which are no candidate paths"):
+        controller.load_state_dict(state)
+    assert controller.step_count == 0 and controller.state_dict()["protected"] == []  # nothing was taken
+
+
 # ---- no host synchronisation on non-rewire steps ----
 
 

@@ -3,7 +3,9 @@ paths, and the checks on each, without building a network; then the same through
 
 import itertools
 
+import numpy as np
 import pytest
+import torch
 from torch import nn
 
 from plasticnet.models import PlasticResNet, Topology
@@ -73,6 +75,10 @@ def test_slots_follow_the_sources_of_each_node():
         ([(0, "x")], TypeError, "pairs of ints"),
         ([(0,)], TypeError, "pairs of ints"),
         ([(0, 1, 2)], TypeError, "pairs of ints"),
+        ([(1.7, 2)], TypeError, r"pairs of ints, got \(1.7, 2\)"),  # int() would make it (1, 2)
+        ([(0.0, 1)], TypeError, "pairs of ints"),
+        ([(False, True)], TypeError, "pairs of ints"),
+        (["01"], TypeError, "pairs of ints"),
         ("0_1", TypeError, "iterable of"),
         (7, TypeError, "iterable of"),
     ],
@@ -83,7 +89,8 @@ def test_check_paths_rejects_bad_paths(paths, error, match):
 
 
 def test_check_paths_keeps_the_order_and_normalises_to_int_pairs():
-    assert resnet18().check_paths("paths", [[2, 3], (0.0, 1)]) == [(2, 3), (0, 1)]
+    checked = resnet18().check_paths("paths", [[2, 3], (np.int64(0), torch.tensor(1))])
+    assert checked == [(2, 3), (0, 1)] and all(type(v) is int for path in checked for v in path)
 
 
 @pytest.mark.parametrize(
@@ -104,6 +111,23 @@ def test_check_paths_keeps_the_order_and_normalises_to_int_pairs():
 )
 def test_constructor_rejects_bad_layouts_and_budgets(kwargs, match):
     with pytest.raises(ValueError, match=match):
+        resnet18(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(budget=True), r"budget: expected an int in \[0, 19\] \(the candidate count\), got bool True"),
+        (dict(budget=8.0), "budget: expected an int in .* got float 8.0"),
+        (dict(max_span=True), "max_span: expected an int >= 1, got bool True"),
+        (dict(max_resolution_changes=1.0), "max_resolution_changes: expected an int >= 0, got float"),
+        (dict(budget_per_stage=(True, 2, 2, 2)), "budget_per_stage: expected a non-empty sequence of ints"),
+        (dict(nodes_per_stage=(2, 2.0)), "nodes_per_stage: expected a non-empty sequence of ints"),
+    ],
+)
+def test_constructor_rejects_counts_that_are_not_ints(kwargs, match):
+    # A bool is an int to Python: True would silently be a budget of 1.
+    with pytest.raises(TypeError, match=match):
         resnet18(**kwargs)
 
 
@@ -238,6 +262,21 @@ def test_candidate_set_respects_span_and_resolution_changes():
 
 
 @pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(budget=True), "budget: expected an int in .* got bool True"),
+        (dict(init="random", budget=4.0), "budget: expected an int in .* got float 4.0"),
+        (dict(num_classes=True), "num_classes: expected an int >= 1, got bool True"),
+        (dict(base_width=8.0), "base_width: expected an int >= 1, got float 8.0"),
+        (dict(stage_widths=(8, 16, 32, True)), "stage_widths: expected a non-empty sequence of ints"),
+    ],
+)
+def test_plastic_resnet_rejects_counts_that_are_not_ints(kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        PlasticResNet(**{**TINY, **kwargs})
+
+
+@pytest.mark.parametrize(
     "paths, error, match",
     [
         ([(0, 1), (0, 1)], ValueError, "listed twice"),
@@ -247,6 +286,8 @@ def test_candidate_set_respects_span_and_resolution_changes():
         ([(0, 1, 2)], TypeError, "pairs of ints"),
         ("0_1", TypeError, "iterable of"),
         ([(0, 1), (1, 2)], ValueError, r"expected 8 paths \(the budget\), got 2"),
+        ([(j - 1.0, j) for j in range(1, 9)], TypeError, r"pairs of ints, got \(0.0, 1\)"),
+        ([(j - 0.5, j) for j in range(1, 9)], TypeError, r"pairs of ints, got \(0.5, 1\)"),  # not truncated to 0
     ],
 )
 def test_set_active_rejects_bad_paths(paths, error, match):

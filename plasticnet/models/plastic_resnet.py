@@ -33,7 +33,7 @@ from plasticnet.models.path import (
     make_body,
 )
 from plasticnet.models.summary import describe
-from plasticnet.models.topology import INITS, PathId, Topology, check_positive_ints
+from plasticnet.models.topology import INITS, PathId, Topology, check_int, check_positive_ints
 from plasticnet.models.trunk import make_projection, make_stem
 from plasticnet.ops import ACTIVATIONS, BACKENDS, PathScores, residual_aggregate
 
@@ -147,8 +147,7 @@ class PlasticResNet(nn.Module):
         stem_width = base_width if stem_width is None else stem_width
         positive = {"num_classes": num_classes, "base_width": base_width, "stem_pool_stride": stem_pool_stride}
         for name, value in {**positive, "stem_width": stem_width}.items():
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
+            check_int(name, value, 1)
         default_body, default_nodes = ARCHITECTURES[arch]
         self.body_kind = body if body is not None else default_body
         if self.body_kind not in BODIES:

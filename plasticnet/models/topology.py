@@ -6,6 +6,7 @@ so any plastic network, real or fake, keeps its bookkeeping here.
 
 import contextlib
 import math
+import operator
 from collections.abc import Iterable, Iterator, Sequence
 
 import torch
@@ -14,10 +15,27 @@ PathId = tuple[int, int]  # (source node i, target node j) of the residual path 
 INITS = ("resnet", "random")
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # True would count as 1
+
+
+def check_int(name: str, value, minimum: int, maximum: int | None = None, note: str = "") -> int:
+    """value itself; TypeError unless it is an int (a bool is not), ValueError outside [minimum, maximum]."""
+    expected = f"an int >= {minimum}" if maximum is None else f"an int in [{minimum}, {maximum}]{note}"
+    if not _is_int(value):
+        raise TypeError(f"{name}: expected {expected}, got {type(value).__name__} {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
+    return value
+
+
 def check_positive_ints(name: str, values, length: int | None = None, minimum: int = 1) -> tuple[int, ...]:
-    """values as a tuple; ValueError unless it is a non-empty sequence of ints >= minimum (of `length`)."""
+    """values as a tuple; TypeError unless they are ints (no bools), ValueError unless they are a
+    non-empty sequence of ints >= minimum (of `length`)."""
     values = tuple(values)
-    if not values or not all(isinstance(v, int) and v >= minimum for v in values):
+    if not all(_is_int(v) for v in values):
+        raise TypeError(f"{name}: expected a non-empty sequence of ints >= {minimum}, got {values!r}")
+    if not values or not all(v >= minimum for v in values):
         raise ValueError(f"{name}: expected a non-empty sequence of ints >= {minimum}, got {values!r}")
     if length is not None and len(values) != length:
         raise ValueError(f"{name}: expected {length} values (one per stage), got {len(values)}: {values!r}")
@@ -52,10 +70,8 @@ class Topology:
         self.num_stages = len(self.nodes_per_stage)
         strides = (1,) * self.num_stages if stage_strides is None else stage_strides
         stage_strides = check_positive_ints("stage_strides", strides, self.num_stages)
-        for name, value, minimum in (("max_span", max_span, 1), ("max_resolution_changes", max_resolution_changes, 0)):
-            if not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{name}: expected an int >= {minimum}, got {value!r}")
-        self.max_span, self.max_resolution_changes = max_span, max_resolution_changes
+        self.max_span = check_int("max_span", max_span, 1)
+        self.max_resolution_changes = check_int("max_resolution_changes", max_resolution_changes, 0)
         self.node_stage = (-1,) + tuple(s for s, count in enumerate(self.nodes_per_stage) for _ in range(count))
         # trunk_strides[j - 1]: the stride of trunk position T_j, which enters node j
         self.trunk_strides = tuple(
@@ -80,9 +96,8 @@ class Topology:
         self._probed: list[PathId] = []
 
     def _check_budget(self, budget, budget_per_stage) -> tuple[int, tuple[int, ...] | None]:
-        count = len(self._candidates)
-        if budget is not None and (not isinstance(budget, int) or not 0 <= budget <= count):
-            raise ValueError(f"budget: expected an int in [0, {count}] (the candidate count), got {budget!r}")
+        if budget is not None:
+            check_int("budget", budget, 0, len(self._candidates), " (the candidate count)")
         if budget_per_stage is None:
             return (self.num_nodes if budget is None else budget), None
         per_stage = check_positive_ints("budget_per_stage", budget_per_stage, self.num_stages, minimum=0)
@@ -146,16 +161,17 @@ class Topology:
 
     def check_paths(self, name: str, paths: Iterable[PathId]) -> list[PathId]:
         """paths as a list of (i, j) int tuples, in their order; TypeError on anything but (i, j)
-        pairs of ints, ValueError on non-candidates and duplicates (`name` names the argument)."""
+        pairs of integers (a float or bool is none, even 1.0: int() would truncate 1.7 silently),
+        ValueError on non-candidates and duplicates (`name` names the argument)."""
         if isinstance(paths, (str, bytes)) or not isinstance(paths, Iterable):
             raise TypeError(f"{name}: expected an iterable of (i, j) pairs, got {type(paths).__name__}")
         checked: list[PathId] = []
         for p in paths:
             try:
-                path = (int(p[0]), int(p[1]))
-                if len(p) != 2:
-                    raise ValueError
-            except (TypeError, ValueError, IndexError):
+                if len(p) != 2 or any(isinstance(v, bool) for v in p):
+                    raise TypeError
+                path = (operator.index(p[0]), operator.index(p[1]))  # ints, numpy or 0-dim integer tensors
+            except TypeError:
                 raise TypeError(f"{name}: expected (i, j) pairs of ints, got {p!r}") from None
             if path not in self._candidate_index:
                 raise ValueError(

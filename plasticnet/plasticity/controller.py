@@ -204,6 +204,10 @@ class PlasticityController:
 
         probe: with grow="probe", a closure that computes the loss on one batch and calls
         backward; required on rewire steps, ignored on the others.
+
+        A rewire step raises RuntimeError when its drop criterion has nothing to read: with
+        drop="taylor", paths no backward has scored yet (e.g. step() before any backward), whose
+        all-zero scores would drop paths on no evidence; with drop="gradient", no gradients.
         """
         self.step_count += 1
         if self.grown_gate == "ramp":
@@ -328,13 +332,22 @@ class PlasticityController:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Take up a state_dict(). ValueError, changing nothing, when it is none, or protects paths
+        that are no candidates of this model (a state of another network)."""
         missing = {"step_count", "generator", "protected", "history"} - set(state)
         if missing:
             raise ValueError(f"state: expected a PlasticityController state_dict, missing keys {sorted(missing)}")
+        # entries [i, j, rewires left]; states saved before protection had a length hold [i, j] (1 left)
+        protected = {(int(e[0]), int(e[1])): int(e[2]) if len(e) > 2 else 1 for e in state["protected"]}
+        foreign = sorted(set(protected) - set(self.model.candidate_paths()))
+        if foreign:
+            raise ValueError(
+                f"state: protects paths {foreign}, which are no candidate paths of this model; "
+                "it was saved with another network"
+            )
         self.step_count = int(state["step_count"])
         self._generator.set_state(state["generator"])
-        # entries [i, j, rewires left]; states saved before protection had a length hold [i, j] (1 left)
-        self._protected = {(int(e[0]), int(e[1])): int(e[2]) if len(e) > 2 else 1 for e in state["protected"]}
+        self._protected = protected
         self.history = [RewireEvent.from_dict(event) for event in state["history"]]
         if self.grown_gate == "ramp" and self.history:
             # the fade-in of the last rewire's paths may be under way: take it up where it was

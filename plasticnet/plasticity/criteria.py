@@ -45,7 +45,17 @@ def gradient_magnitudes(model, paths: Sequence[PathId]) -> torch.Tensor:
 
 
 def taylor_scores(model, paths: Sequence[PathId]) -> torch.Tensor:
-    """EMA of |g * c|: the first-order estimate of the loss change from dropping the path."""
+    """EMA of |g * c|: the first-order estimate of the loss change from dropping the path.
+
+    RuntimeError when a path's statistics hold no backward yet (step() before any backward):
+    their zeros are no measurement, and dropping the "weakest" of them would be arbitrary."""
+    unmeasured = path_statistic(model, "updates", paths) == 0
+    if bool(unmeasured.any()):
+        missing = [path for path, none in zip(paths, unmeasured.tolist()) if none]
+        raise RuntimeError(
+            f"drop='taylor': no backward has measured paths {missing} yet, so their scores are no measurement; "
+            "call controller.step() after loss.backward() and optimizer.step()"
+        )
     return path_statistic(model, "taylor", paths)
 
 
