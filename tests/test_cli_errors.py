@@ -32,7 +32,7 @@ TINY = [
     "--epochs",
     "1",
     "--rewire-interval",
-    "1",
+    "3",
     "--device",
     "cpu",
     "--no-progress",
@@ -168,7 +168,18 @@ def test_bad_values_are_refused_before_anything_is_written(tmp_path, flags, need
 def test_a_diverging_run_stops_with_one_line_and_writes_no_damaged_checkpoint(tmp_path):
     for model in ("resnet18", "plastic-resnet18"):
         out = tmp_path / model
-        flags = ["--model", model, "--lr", "1e6", "--warmup-epochs", "0"]
+        flags = [
+            "--model",
+            model,
+            "--lr",
+            "1e6",
+            "--warmup-epochs",
+            "0",
+            "--train-size",
+            "128",
+            "--rewire-interval",
+            "3",
+        ]
         one_line_error(plasticnet("train", *TINY, *flags, "--out", out), "non-finite", "--lr")
         assert not (out / "last.pt").exists()
 

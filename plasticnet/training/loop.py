@@ -205,7 +205,10 @@ class Trainer:
                 probe_loss = self.criterion(self.model(inputs).float(), labels)
             probe_loss.backward()
 
-        event = state.controller.step(probe=probe)
+        try:
+            event = state.controller.step(probe=probe)
+        except FloatingPointError as error:  # non-finite scores: the loss diverged within the epoch
+            raise self._diverged(str(error)) from None
         if event is None:
             return None
         self._wrap()
@@ -300,15 +303,20 @@ class Trainer:
             **self._compute,
         }
         if not all(math.isfinite(value) for value in (record["train_loss"], *held_out.values())):
-            raise TrainingDiverged(
-                f"the loss became non-finite in epoch {state.epoch} (train loss {record['train_loss']}); "
-                f"{self.logger.run_dir.file(LAST)} holds the last good epoch: lower --lr or raise --warmup-epochs"
+            raise self._diverged(
+                f"the loss became non-finite in epoch {state.epoch} (train loss {record['train_loss']})"
             )
         score = held_out["val_acc"] if self.validation_set is not None else held_out["test_acc"]
         is_best = score > state.best_score
         state.best_score = max(state.best_score, score)
         if self.logger.writer:
             self.logger.end_epoch(record, state.state_dict(self.config), is_best)
+
+    def _diverged(self, what: str) -> TrainingDiverged:
+        return TrainingDiverged(
+            f"{what}; the checkpoints in {self.logger.run_dir.path} hold the last good epoch, if any: "
+            "lower --lr or raise --warmup-epochs"
+        )
 
     def close(self) -> None:
         """Give up the run directory and leave the process group. Every DDP wrapper (rewires
