@@ -103,7 +103,7 @@ class FakeTrain:
         self.commands.append(command[command.index("train") + 1 :])
         run_dir = command[command.index("--resume" if "--resume" in command else "--out") + 1]
         with open(os.path.join(run_dir, "config.json"), "w") as f:
-            json.dump({"epochs": self.epochs}, f)
+            json.dump({"epochs": self.epochs, "base_width": 4, "out": run_dir, "versions": {}}, f)
         open(os.path.join(run_dir, "last.pt"), "w").close()
         with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
             f.writelines(json.dumps({"epoch": epoch}) + "\n" for epoch in range(1, self.epochs + 1))

@@ -286,7 +286,7 @@ class PlasticityController:
         values = _average_across_ranks(scores).tolist()  # the one host synchronisation of a decision
         non_finite = [path for path, value in zip(paths, values) if not math.isfinite(value)]
         if non_finite:
-            raise RuntimeError(
+            raise FloatingPointError(
                 f"non-finite scores for paths {non_finite} at step {self.step_count}: "
                 "the training has diverged, or the model's statistics are corrupt"
             )
