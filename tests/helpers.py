@@ -14,3 +14,13 @@ def randomize_batchnorm(model: nn.Module) -> nn.Module:
                 m.running_mean.normal_(0.0, 0.2)
                 m.running_var.uniform_(0.5, 2.0)
     return model
+
+
+def tiny_synthetic_flags(**options) -> list[str]:
+    """`plasticnet train` flags of a tiny run on synthetic data on the CPU, at width 4 unless told:
+    each option name=value becomes --name value (True: --name, False: --no-name)."""
+    flags = []
+    for name, value in {"dataset": "synthetic", "device": "cpu", "base_width": 4, **options}.items():
+        flag = name.replace("_", "-")
+        flags += [f"--{flag}"] if value is True else [f"--no-{flag}"] if value is False else [f"--{flag}", str(value)]
+    return flags

@@ -13,32 +13,15 @@ import time
 
 import pytest
 import torch
+from helpers import tiny_synthetic_flags
 
 from plasticnet.cli import main
 from plasticnet.training import checkpoint
 from plasticnet.training.checkpoint import load_checkpoint, save_checkpoint
 
-TINY = [
-    "--dataset",
-    "synthetic",
-    "--train-size",
-    "64",
-    "--test-size",
-    "32",
-    "--batch-size",
-    "32",
-    "--base-width",
-    "4",
-    "--epochs",
-    "1",
-    "--rewire-interval",
-    "3",
-    "--device",
-    "cpu",
-    "--no-progress",
-    "--threads",
-    "1",
-]
+TINY = tiny_synthetic_flags(
+    train_size=64, test_size=32, batch_size=32, epochs=1, rewire_interval=3, progress=False, threads=1
+)
 PLASTIC = [*TINY, "--model", "plastic-resnet18", "--max-span", "2"]
 
 

@@ -13,36 +13,24 @@ import time
 
 import pytest
 import torch
+from helpers import tiny_synthetic_flags
 
 from plasticnet.training.checkpoint import load_checkpoint
 
 TRAIN = [
     "train",
-    "--dataset",
-    "synthetic",
-    "--model",
-    "plastic-resnet18",
-    "--train-size",
-    "96",
-    "--val-size",
-    "32",
-    "--test-size",
-    "32",
-    "--batch-size",
-    "16",
-    "--base-width",
-    "4",
-    "--epochs",
-    "3",
-    "--rewire-interval",
-    "4",
-    "--rewire-end",
-    "1.0",
-    "--threads",
-    "1",
-    "--device",
-    "cpu",
-    "--no-progress",
+    *tiny_synthetic_flags(
+        model="plastic-resnet18",
+        train_size=96,
+        val_size=32,
+        test_size=32,
+        batch_size=16,
+        epochs=3,
+        rewire_interval=4,
+        rewire_end=1.0,
+        threads=1,
+        progress=False,
+    ),
 ]
 
 # The child kills itself at KILL_AT=WHERE:FILE:NTH, the NTH write of FILE in the run directory:

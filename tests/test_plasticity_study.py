@@ -7,31 +7,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import tiny_synthetic_flags
 
 from plasticnet.training.report import load_runs
 
 STUDY = Path(__file__).parents[1] / "benchmarks" / "plasticity_study.py"
-TINY_TRAIN = [
-    "--dataset",
-    "synthetic",
-    "--train-size",
-    "96",
-    "--val-size",
-    "32",
-    "--test-size",
-    "32",
-    "--epochs",
-    "2",
-    "--batch-size",
-    "32",
-    "--base-width",
-    "4",
-    "--rewire-interval",
-    "2",
-    "--device",
-    "cpu",
-    "--no-progress",
-]
+TINY_TRAIN = tiny_synthetic_flags(
+    train_size=96, val_size=32, test_size=32, epochs=2, batch_size=32, rewire_interval=2, progress=False
+)
 
 
 def study(*argv) -> subprocess.CompletedProcess:

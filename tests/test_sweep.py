@@ -9,30 +9,14 @@ import sys
 import time
 
 import pytest
+from helpers import tiny_synthetic_flags
 
 from plasticnet.cli import main as plasticnet_main
 from plasticnet.training import sweep
 from plasticnet.training.sweep import SweepSpec
 
 # A few seconds per run on one CPU core, most of it the child's interpreter start-up.
-TINY_TRAIN = [
-    "--dataset",
-    "synthetic",
-    "--train-size",
-    "128",
-    "--test-size",
-    "64",
-    "--epochs",
-    "2",
-    "--batch-size",
-    "32",
-    "--base-width",
-    "4",
-    "--rewire-interval",
-    "2",
-    "--device",
-    "cpu",
-]
+TINY_TRAIN = tiny_synthetic_flags(train_size=128, test_size=64, epochs=2, batch_size=32, rewire_interval=2)
 MODELS = "resnet18,plastic-resnet18"
 RUN_NAMES = ["resnet18-s0", "resnet18-s1", "plastic-resnet18-s0", "plastic-resnet18-s1"]  # the order they run in
 

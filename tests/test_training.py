@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+from helpers import tiny_synthetic_flags
 from torch._dynamo.utils import counters as dynamo_counters
 
 from plasticnet.cli import main as plasticnet_main
@@ -17,29 +18,16 @@ from plasticnet.training.plots import topology_timeline
 from plasticnet.training.run_dir import read_jsonl
 
 # Small enough for seconds per epoch on one CPU core; rewiring every 3 of the 6 steps per epoch.
-TINY_ARGS = [
-    "--dataset",
-    "synthetic",
-    "--train-size",
-    "96",
-    "--test-size",
-    "32",
-    "--batch-size",
-    "16",
-    "--base-width",
-    "4",
-    "--device",
-    "cpu",
-    "--no-progress",
-    "--log-every",
-    "2",
-    "--rewire-interval",
-    "3",
-    "--rewire-end",
-    "1.0",
-    "--warmup-epochs",
-    "0.5",
-]
+TINY_ARGS = tiny_synthetic_flags(
+    train_size=96,
+    test_size=32,
+    batch_size=16,
+    progress=False,
+    log_every=2,
+    rewire_interval=3,
+    rewire_end=1.0,
+    warmup_epochs=0.5,
+)
 # options that scripts and the README use: `plasticnet train --help` must keep listing them
 REQUIRED_OPTIONS = [
     "--model",

@@ -47,9 +47,19 @@ def _umask() -> int:
     return umask
 
 
-def save_checkpoint(path: str, state: dict) -> None:
+def with_checksum(state: dict) -> dict:
+    """`state` as save_checkpoint writes it: tagged with the format and carrying its SHA-256."""
     state = {"format": FORMAT, "version": VERSION, **{k: v for k, v in state.items() if k != CHECKSUM}}
-    atomic_write(path, lambda file: torch.save({**state, CHECKSUM: checksum(state)}, file))
+    return {**state, CHECKSUM: checksum(state)}
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    write_checkpoint(path, with_checksum(state))
+
+
+def write_checkpoint(path: str, tagged: dict) -> None:
+    """Write a state that with_checksum() returned, atomically (one hash for several files)."""
+    atomic_write(path, lambda file: torch.save(tagged, file))
 
 
 def checksum(value) -> str:

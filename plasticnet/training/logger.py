@@ -5,10 +5,21 @@ import os
 
 from tqdm import tqdm
 
-from plasticnet.training.checkpoint import load_checkpoint, save_checkpoint
+from plasticnet.training.checkpoint import load_checkpoint, save_checkpoint, with_checksum, write_checkpoint
 from plasticnet.training.config import TrainConfig
 from plasticnet.training.plots import plot_curves, plot_topology
-from plasticnet.training.run_dir import BEST, EVENTS, LAST, METRICS, STEP_EVALS, RunDir, RunDirError, read_jsonl
+from plasticnet.training.run_dir import (
+    BEST,
+    CURVES,
+    EVENTS,
+    LAST,
+    METRICS,
+    STEP_EVALS,
+    TOPOLOGY,
+    RunDir,
+    RunDirError,
+    read_jsonl,
+)
 
 
 class RunLogger:
@@ -62,13 +73,14 @@ class RunLogger:
             return
         state = {**state, "metrics": record, "is_best": is_best}
         try:
-            save_checkpoint(self.run_dir.file(LAST), state)
+            state = with_checksum(state)  # hashed once for last.pt and best.pt
+            write_checkpoint(self.run_dir.file(LAST), state)
             if is_best:
-                save_checkpoint(self.run_dir.file(BEST), state)
+                write_checkpoint(self.run_dir.file(BEST), state)
             self.run_dir.append(METRICS, record)
             metrics = read_jsonl(self.run_dir.file(METRICS))
-            plot_curves(metrics, self.run_dir.file("curves.png"))
-            plot_topology(metrics, read_jsonl(self.run_dir.file(EVENTS)), self.run_dir.file("topology.png"))
+            plot_curves(metrics, self.run_dir.file(CURVES))
+            plot_topology(metrics, read_jsonl(self.run_dir.file(EVENTS)), self.run_dir.file(TOPOLOGY))
         except OSError as error:  # a full disk, a directory made read-only under the run
             raise RunDirError(
                 f"cannot write into {self.run_dir.path}: {error.strerror}; its last complete checkpoint is "

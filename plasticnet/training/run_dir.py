@@ -25,7 +25,7 @@ EVENTS = "events.jsonl"
 STEP_EVALS = "step_evals.jsonl"
 LAST = "last.pt"
 BEST = "best.pt"
-PLOTS = ("curves.png", "topology.png")
+CURVES, TOPOLOGY = PLOTS = ("curves.png", "topology.png")
 RUN_FILES = (CONFIG, METRICS, EVENTS, STEP_EVALS, LAST, BEST, *PLOTS)  # what --overwrite removes
 LOCK = ".lock"
 
