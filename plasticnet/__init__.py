@@ -12,6 +12,16 @@ __all__ = [
     "FusedBasicBlock",
     "FusedBottleneck",
     "fuse",
+    "load_run",
     "plasticize",
     "PlasticResNet",
 ]
+
+
+def __getattr__(name: str):
+    # load_run needs the training package (torchvision, the data loaders): imported on first use only
+    if name == "load_run":
+        from plasticnet.deploy import load_run
+
+        return load_run
+    raise AttributeError(f"module 'plasticnet' has no attribute {name!r}")

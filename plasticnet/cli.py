@@ -1,4 +1,4 @@
-"""`plasticnet` command line: info, train, sweep, report, bench."""
+"""`plasticnet` command line: info, train, sweep, report, export, eval, bench."""
 
 import argparse
 import importlib
@@ -12,6 +12,8 @@ _COMMANDS = {
     "bench": ("plasticnet.bench", "benchmark residual_aggregate against eager and torch.compile"),
     "sweep": ("plasticnet.training.sweep", "train every (model, budget, seed) of a grid, resumably, one run dir each"),
     "report": ("plasticnet.training.report", "t-intervals over seeds of one or more sweeps; plastic - static"),
+    "export": ("plasticnet.deploy.export_cli", "a run's network as a compact static model: pt2, ONNX or state_dict"),
+    "eval": ("plasticnet.deploy.eval_cli", "test loss, accuracy, images/s of a run's checkpoint or an exported file"),
 }
 
 

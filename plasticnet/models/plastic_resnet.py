@@ -5,11 +5,10 @@ switched on and off during training.
     n_j = act( T_j(n_{j-1}) + sum over computed (i, j) of g_ij * f_ij(n_i) )      j = 1 .. D
     logits = fc(avgpool(n_D))
 
-Every candidate path owns its parameters from the start (a path can be regrown with its
-own shape at any time); only active paths, plus the probed ones inside `probing()`, are
-computed. The join at node j runs through plasticnet.ops.residual_aggregate with node j's
-PathScores (one slot per candidate path into j). Which paths exist, are active or probed, and
-the budget they keep, is the model's Topology (plasticnet.models.topology).
+Every candidate path owns its parameters from the start (a path can be regrown with its own shape at any
+time); only active paths, plus the probed ones inside `probing()`, are computed. The join at node j runs
+through plasticnet.ops.residual_aggregate with node j's PathScores (one slot per candidate path into j).
+Which paths exist, are active or probed, and the budget they keep, is the model's Topology.
 """
 
 import contextlib
@@ -32,6 +31,7 @@ from plasticnet.models.path import (
     last_norm,
     make_body,
 )
+from plasticnet.models.static_network import StaticNetwork, to_static
 from plasticnet.models.summary import describe
 from plasticnet.models.topology import INITS, PathId, Topology, check_int, check_positive_ints
 from plasticnet.models.trunk import make_projection, make_stem
@@ -202,9 +202,8 @@ class PlasticResNet(nn.Module):
         self.set_active(topology.initial_topology(init, initial_paths, seed))
 
     def get_extra_state(self) -> torch.Tensor:
-        # What the model computes depends on these, but no tensor shape records them: without
-        # them a state would load silently into a model that computes something else. A tensor,
-        # so that code treating every state_dict value as one keeps working.
+        # What the model computes depends on these, but no tensor shape records them: without them a state
+        # would load silently into a model that computes something else. A tensor, as state_dict values are.
         return torch.tensor(
             [GATE_POSITIONS.index(self.gate_position), ACTIVATIONS.index(self.join_activation)], dtype=torch.uint8
         )
@@ -388,9 +387,12 @@ class PlasticResNet(nn.Module):
             self.scores[site].reset(slots)
 
     def compile_parts(self, **options) -> None:
-        """Compile the stem, the trunk projections, every path and the head separately: the
-        topology changes during training, and per-part compilation never recompiles for it."""
+        """Compile stem, trunk projections, paths and head apart: a rewire then recompiles nothing."""
         compile_each((self.stem, *self.trunk, *self.paths.values(), self.fc), **options)
+
+    def to_static(self, fold_gates: bool = True, join: str = "fused") -> StaticNetwork:
+        """The active network alone, as a compact plain module (see plasticnet.models.static_network)."""
+        return to_static(self, fold_gates=fold_gates, join=join)
 
     def topology(self) -> str:
         """A readable summary: nodes per stage and the active paths with their gates."""

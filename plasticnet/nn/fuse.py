@@ -53,3 +53,19 @@ def fuse(model: nn.Module, *, backend: str | None = None) -> nn.Module:
             block._init_join(device=device)
         block.backend = backend
     return model
+
+
+def unfuse(model: nn.Module) -> nn.Module:
+    """The inverse of fuse(): make every FusedBasicBlock/FusedBottleneck torchvision's own block
+    again, in place (the same parameter and buffer objects), and return the model. Its forward is
+    then plain PyTorch, for exports that must run where plasticnet is not installed."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    plain = {twin: block for block, twin in _FUSED_TWIN.items()}
+    for block in model.modules():
+        if type(block) in plain:
+            block.__class__ = plain[type(block)]
+            for name in ("join_gates", "join_mask"):  # the fused join's constants
+                delattr(block, name)
+            del block.backend
+    return model

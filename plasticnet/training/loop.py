@@ -23,17 +23,11 @@ from plasticnet.training.builders import build_controller, build_model, build_op
 from plasticnet.training.checkpoint import load_checkpoint
 from plasticnet.training.config import ConfigError, TrainConfig
 from plasticnet.training.distributed import Distributed, device_type, resolve_device
+from plasticnet.training.evaluation import accumulate, held_out_totals
 from plasticnet.training.logger import RunLogger
 from plasticnet.training.run_dir import LAST
 from plasticnet.training.splits import load_data
 from plasticnet.training.state import TrainingState
-
-
-def _accumulate(totals: torch.Tensor, loss_sum: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor) -> None:
-    """totals += (summed loss, correct predictions, samples), on the device: no host sync."""
-    totals[0] += loss_sum
-    totals[1] += (scores.argmax(1) == labels).sum()
-    totals[2] += labels.shape[0]
 
 
 class TrainingDiverged(RuntimeError):
@@ -128,7 +122,10 @@ class Trainer:
         optimizer = build_optimizer(config, self.model)
         scheduler = build_scheduler(config, optimizer, self.steps_per_epoch, self.total_steps)
         controller = build_controller(config, self.model, optimizer, self.total_steps)
-        self.state = TrainingState(self.model, optimizer, scheduler, controller, generators)
+        statistics = (mean.cpu(), std.cpu())
+        self.state = TrainingState(
+            self.model, optimizer, scheduler, controller, generators, input_statistics=statistics
+        )
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self._input_shape = tuple(self.train_set.images.shape[1:])
         last = self.logger.run_dir.file(LAST)
@@ -193,7 +190,7 @@ class Trainer:
         state.scheduler.step()
         state.step += 1
         with torch.no_grad():
-            _accumulate(totals, loss.detach() * labels.shape[0], logits, labels)
+            accumulate(totals, loss.detach() * labels.shape[0], logits, labels)
         if state.controller is None:
             return None
 
@@ -229,14 +226,8 @@ class Trainer:
     def evaluate(self, split: str = "test") -> tuple[float, float]:
         """Loss and accuracy over the whole "test" or "validation" split (each rank takes a shard)."""
         self.model.eval()
-        totals = torch.zeros(3, dtype=torch.float64, device=self.device)
-        for inputs, labels in self.held_out[split]:
-            with self._autocast():
-                probabilities = self.model(inputs).float().softmax(1)
-                if self.config.tta:  # average with the mirrored image's prediction
-                    probabilities = (probabilities + self.model(inputs.flip(3)).float().softmax(1)) / 2
-            loss = nn.functional.nll_loss(probabilities.clamp_min(1e-12).log(), labels, reduction="sum")
-            _accumulate(totals, loss, probabilities, labels)
+        batches = self.held_out[split]
+        totals = held_out_totals(self.model, batches, self.device, tta=self.config.tta, autocast=self._autocast)
         loss_sum, correct, count = self.distributed.all_sum(totals).tolist()
         return loss_sum / count, correct / count
 

@@ -10,11 +10,15 @@ from plasticnet.plasticity import PlasticityController
 from plasticnet.training.checkpoint import CheckpointError, restore_rng_states, rng_states
 from plasticnet.training.config import TrainConfig
 
+INPUT_STATISTICS = ("input_mean", "input_std")  # checkpoint keys: (1, C, 1, 1) tensors on the [0, 1] scale
+
 
 @dataclass
 class TrainingState:
     """The checkpointable part of a run. `best_score` is the accuracy that picks best.pt: on the
-    validation split when the run has one, else on the test split."""
+    validation split when the run has one, else on the test split. `input_statistics` (per-channel
+    mean and std that normalise the inputs, from the training split) are saved for the exports and
+    evaluations of the run: a resumed run computes them again, from the same images."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -24,6 +28,7 @@ class TrainingState:
     epoch: int = 0
     step: int = 0
     best_score: float = -1.0
+    input_statistics: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def state_dict(self, config: TrainConfig) -> dict:
         """Tensors and plain Python values only: loads with torch.load(weights_only=True)."""
@@ -37,6 +42,7 @@ class TrainingState:
             "step": self.step,
             "best_accuracy": self.best_score,
             "config": config.to_json(),
+            **({} if self.input_statistics is None else dict(zip(INPUT_STATISTICS, self.input_statistics))),
         }
 
     def load_state_dict(self, state: dict, source: str = "the checkpoint") -> None:
