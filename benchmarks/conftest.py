@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from plasticnet.bench.environment import describe, last_level_cache_bytes
+from plasticnet.bench.ops import BASELINES
 from plasticnet.bench.settings import PRESETS, BenchSettings
 
 
@@ -35,7 +36,8 @@ def bench_settings(config) -> BenchSettings:
 
 
 def pytest_generate_tests(metafunc):
-    """`op_case` x `backend` and the training step's `mode`: the `plasticnet bench` cases of the device and preset."""
+    """`op_case` x `backend`, the training step's `mode` and the overhead case's `overhead_backend`: the
+    `plasticnet bench` cases of the device and preset."""
     settings = bench_settings(metafunc.config)
     if "op_case" in metafunc.fixturenames:
         cases = settings.op_cases(bench_device(metafunc.config))
@@ -44,6 +46,8 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("backend", settings.backends)
     if "mode" in metafunc.fixturenames:
         metafunc.parametrize("mode", settings.train_modes)
+    if "overhead_backend" in metafunc.fixturenames:
+        metafunc.parametrize("overhead_backend", [b for b in settings.backends if b not in BASELINES] + ["eager"])
 
 
 @pytest.fixture(scope="session")

@@ -94,12 +94,33 @@ def test_quick_bench_writes_the_documented_json(tmp_path, capsys):
     assert "| backend | K | shape |" in shown and shown.count("| eager | 2 | 2x64x32x32 | float32 |") == 1
 
 
+def test_overhead_case_reports_ratios_against_its_targets(tmp_path, capsys):
+    path = tmp_path / "overhead.json"
+    argv = ["bench", "--case", "overhead", "--device", "cpu", "--quick", "--ks", "1", "2", "--repeats", "3"]
+    assert main([*argv, "--warmup", "0", "--no-progress", "--json", str(path)]) == 0
+    report = json.loads(path.read_text())
+    assert report["case"] == "overhead" and report["settings"]["samples"] == 3
+    assert [(row["backend"], row["K"]) for row in report["overhead"]] == [("cpu", 1), ("cpu", 2)]
+    for row in report["overhead"]:
+        assert row["shape"] == [2, 64, 4, 4]
+        for which in ("no_grad_fwd", "fwd_bwd"):
+            fused, eager = row[f"{which}_fused_us"], row[f"{which}_eager_us"]
+            assert 0 < row[f"{which}_fused_p20_us"] <= fused <= row[f"{which}_fused_p80_us"]
+            assert row[f"{which}_ratio"] == pytest.approx(fused / eager)
+        assert row["target"] in ("PASS", "MISS")
+    printed = capsys.readouterr().out
+    assert "fwd+bwd fused" in printed and "forward+backward <= 0.5x" in printed
+    assert main(["bench", "--show", str(path), "--markdown"]) == 0
+    assert capsys.readouterr().out.count("| cpu | 2 |") == 1
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["--batch", "0"], "--batch: expected >= 1, got 0"),
         (["--ks", "0"], "--ks: expected branch counts >= 1"),
         (["--backends", "cuda"], "'cuda' is unavailable on cpu"),
+        (["--case", "overhead", "--backends", "eager"], "--backends: the overhead case needs a fused backend"),
     ],
 )
 def test_bad_options_exit_with_a_message(argv, message, capsys):
@@ -130,9 +151,13 @@ def test_settings_fill_in_the_device_backends_only_when_none_are_named():
     assert dataclasses.replace(quick, backends=("eager",)).resolved(cpu).backends == ("eager",)
 
 
-@pytest.mark.parametrize(
-    "path", sorted(Path(__file__).parents[1].glob("benchmarks/results/*.json")), ids=lambda p: p.name
-)
+def _committed_op_reports() -> list[Path]:
+    """The committed reports of the ops case, whose settings are BenchSettings (older ones name no case)."""
+    paths = sorted(Path(__file__).parents[1].glob("benchmarks/results/*.json"))
+    return [p for p in paths if json.loads(p.read_text()).get("case", "ops") == "ops"]
+
+
+@pytest.mark.parametrize("path", _committed_op_reports(), ids=lambda p: p.name)
 def test_committed_results_round_trip_through_settings(path):
     recorded = json.loads(path.read_text())["settings"]
     settings = BenchSettings(**{name: tuple(v) if isinstance(v, list) else v for name, v in recorded.items()})

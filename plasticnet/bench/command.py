@@ -1,5 +1,6 @@
-"""`plasticnet bench`: the residual_aggregate micro-benchmarks and the training-step benchmark,
-printed as tables (with a PASS/MISS column per target) and optionally written as JSON."""
+"""`plasticnet bench`: the residual_aggregate micro-benchmarks and the training-step benchmark
+(`--case ops`, the default), or the per-call host overhead (`--case overhead`), printed as tables
+(with a PASS/MISS column per target) and optionally written as JSON."""
 
 import argparse
 import dataclasses
@@ -7,13 +8,16 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from plasticnet.bench.environment import describe, last_level_cache_bytes, load_average
-from plasticnet.bench.ops import BENCH_BACKENDS, DEFAULT_DTYPES, DTYPES, run_op_benchmarks
-from plasticnet.bench.report import TARGETS, op_table, op_target, train_step_table, train_step_target
-from plasticnet.bench.settings import PRESETS, BenchSettings
+from plasticnet.bench.ops import BASELINES, BENCH_BACKENDS, DEFAULT_DTYPES, DTYPES, run_op_benchmarks
+from plasticnet.bench.overhead import OVERHEAD_KS, OVERHEAD_TARGET, run_overhead_benchmarks
+from plasticnet.bench.report import TARGETS, op_table, op_target, overhead_table, train_step_table, train_step_target
+from plasticnet.bench.settings import OVERHEAD_PRESETS, PRESETS, BenchSettings
 from plasticnet.bench.train_step import MODES, run_train_step_benchmarks
 from plasticnet.training.checkpoint import atomic_write
 
@@ -22,6 +26,12 @@ _OVERRIDES = ("batch", "ks", "warmup", "repeats", "train_batch", "train_width", 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--case",
+        choices=tuple(CASES),
+        default="ops",
+        help="what to time: " + "; ".join(f"{name}: {case.help}" for name, case in CASES.items()),
+    )
     parser.add_argument(
         "--device",
         choices=("cpu", "cuda"),
@@ -87,7 +97,7 @@ def _device(name: str | None) -> torch.device:
 
 
 def benchmark(device: torch.device, settings: BenchSettings, *, train_step: bool, quick: bool, progress: bool) -> dict:
-    """Run the cases `settings` describe; returns the JSON document."""
+    """Run the op and training-step cases `settings` describe; returns the JSON document."""
     settings = settings.resolved(device)
     report = describe(device)
     cache_bytes = last_level_cache_bytes(device)
@@ -119,6 +129,7 @@ def benchmark(device: torch.device, settings: BenchSettings, *, train_step: bool
     largest = max(cases, key=lambda case: case.numel * case.dtype.itemsize)
     report.update(
         {
+            "case": "ops",
             "load_after": load_average(),
             "cache_bytes": cache_bytes,
             "quick": quick,
@@ -133,22 +144,111 @@ def benchmark(device: torch.device, settings: BenchSettings, *, train_step: bool
     return report
 
 
-def print_report(report: dict, *, markdown: bool = False) -> None:
-    print(
-        f"device {report['device']} | {report['date']} | torch {report['versions']['torch']} | "
-        f"threads {report['threads']} | load {report['load_before']} -> {report['load_after']}"
+def _run_ops(args: argparse.Namespace, device: torch.device, settings: BenchSettings) -> dict:
+    return benchmark(device, settings, train_step=args.train_step, quick=args.quick, progress=args.progress)
+
+
+def _overhead_settings(args: argparse.Namespace, device: torch.device) -> dict:
+    """The overhead case's options: --ks, --warmup, --repeats (samples) and --backends (fused ones)."""
+    preset = OVERHEAD_PRESETS[(device.type, args.quick)]
+    backends = [b for b in _settings(args, device).backends if b not in BASELINES]
+    if not backends:
+        raise ValueError(f"--backends: the overhead case needs a fused backend, got {args.backends}")
+    return {
+        "ks": list(args.ks or OVERHEAD_KS),
+        "backends": backends,
+        "calls": preset["calls"],
+        "warmup": preset["warmup"] if args.warmup is None else args.warmup,
+        "samples": preset["samples"] if args.repeats is None else args.repeats,
+    }
+
+
+def _run_overhead(args: argparse.Namespace, device: torch.device, settings: dict) -> dict:
+    report = describe(device)
+    rows = run_overhead_benchmarks(
+        device,
+        settings["backends"],
+        settings["ks"],
+        calls=settings["calls"],
+        warmup=settings["warmup"],
+        samples=settings["samples"],
+        progress=args.progress,
     )
+    report.update(
+        {
+            "case": "overhead",
+            "load_after": load_average(),
+            "quick": args.quick,
+            "settings": settings,
+            "targets": {"overhead": OVERHEAD_TARGET},
+            "overhead": rows,
+        }
+    )
+    return report
+
+
+def _print_ops(report: dict, markdown: bool) -> None:
     print(f"copy bandwidth {report['copy_gbps']:.1f} GB/s (largest tensor; each row uses its own size)\n")
     print(op_table(report["results"], markdown=markdown))
     if report["train_step"]:
         print()
         print(train_step_table(report["train_step"], markdown=markdown))
+
+
+def _print_overhead(report: dict, markdown: bool) -> None:
+    print(f"microseconds per call, median (p20-p80) of {report['settings']['samples']} samples\n")
+    print(overhead_table(report["overhead"], markdown=markdown))
+
+
+@dataclass(frozen=True)
+class Case:
+    """One `--case`: how it runs (returning the JSON document), which keys its document holds beside
+    the common ones, how they print, and the rows that carry a target verdict."""
+
+    help: str
+    settings: Callable[[argparse.Namespace, torch.device], object]  # ValueError naming a bad option
+    run: Callable[[argparse.Namespace, torch.device, object], dict]
+    keys: tuple[str, ...]
+    print_tables: Callable[[dict, bool], None]
+    verdict_rows: Callable[[dict], list[dict]]
+
+
+CASES = {
+    "ops": Case(
+        "the op's forward/backward at ResNet-18 sizes against eager and compile, and the training step",
+        _settings,
+        _run_ops,
+        ("copy_gbps", "results", "train_step"),
+        _print_ops,
+        lambda report: report["results"] + report["train_step"],
+    ),
+    "overhead": Case(
+        "per-call time of the fused op against eager on tiny tensors (host overhead), forward under "
+        "no_grad and forward+backward",
+        _overhead_settings,
+        _run_overhead,
+        ("settings", "overhead"),
+        _print_overhead,
+        lambda report: report["overhead"],
+    ),
+}
+COMMON_KEYS = ("device", "date", "versions", "threads", "targets")
+
+
+def _case_of(report: dict) -> str:
+    return report.get("case", "ops")  # reports written before --case existed hold the ops case
+
+
+def print_report(report: dict, *, markdown: bool = False) -> None:
+    case = CASES[_case_of(report)]
+    print(
+        f"{_case_of(report)} | device {report['device']} | {report['date']} | torch {report['versions']['torch']} | "
+        f"threads {report['threads']} | load {report.get('load_before')} -> {report.get('load_after')}"
+    )
+    case.print_tables(report, markdown)
     print("\ntargets: " + "; ".join(f"{k}: {v}" for k, v in report["targets"].items()))
-    verdicts = [r["target"] for r in report["results"] + report["train_step"] if r["target"]]
+    verdicts = [r["target"] for r in case.verdict_rows(report) if r["target"]]
     print(f"{verdicts.count('PASS')} PASS, {verdicts.count('MISS')} MISS")
-
-
-REPORT_KEYS = ("device", "date", "versions", "threads", "copy_gbps", "targets", "results", "train_step")
 
 
 def load_report(path: str) -> dict:
@@ -160,7 +260,11 @@ def load_report(path: str) -> dict:
         raise ValueError(f"--show {path}: cannot read it ({error.strerror})") from None
     except ValueError as error:
         raise ValueError(f"--show {path} is not JSON ({error})") from None
-    missing = [key for key in REPORT_KEYS if not isinstance(report, dict) or key not in report]
+    if not isinstance(report, dict):
+        raise ValueError(f"--show {path} is not a `plasticnet bench --json` report (it is no JSON object)")
+    if _case_of(report) not in CASES:
+        raise ValueError(f"--show {path}: unknown case {_case_of(report)!r} (known: {list(CASES)})")
+    missing = [key for key in COMMON_KEYS + CASES[_case_of(report)].keys if key not in report]
     if missing:
         raise ValueError(f"--show {path} is not a `plasticnet bench --json` report (it lacks {missing})")
     return report
@@ -185,13 +289,14 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             check_writable(args.json)
         device = _device(args.device)
-        settings = _settings(args, device)
+        case = CASES[args.case]
+        settings = case.settings(args, device)
     except ValueError as e:
         print(f"plasticnet bench: error: {e}", file=sys.stderr)
         return 2
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    report = benchmark(device, settings, train_step=args.train_step, quick=args.quick, progress=args.progress)
+    report = case.run(args, device, settings)
     print_report(report, markdown=args.markdown)
     if args.json:
         text = json.dumps(report, indent=1)

@@ -117,3 +117,39 @@ def train_step_table(rows: Sequence[dict], *, markdown: bool = False) -> str:
         ],
         markdown=markdown,
     )
+
+
+def _us(row: dict, prefix: str) -> str:
+    return f"{row[f'{prefix}_us']:.1f} ({row[f'{prefix}_p20_us']:.1f}-{row[f'{prefix}_p80_us']:.1f})"
+
+
+def overhead_table(rows: Sequence[dict], *, markdown: bool = False) -> str:
+    headers = [
+        "backend",
+        "K",
+        "no_grad fwd fused",
+        "eager",
+        "ratio",
+        "fwd+bwd fused",
+        "eager",
+        "ratio",
+        "target",
+    ]
+    return format_table(
+        headers,
+        [
+            [
+                r["backend"],
+                str(r["K"]),
+                _us(r, "no_grad_fwd_fused"),
+                _us(r, "no_grad_fwd_eager"),
+                _ratio(r["no_grad_fwd_ratio"]),
+                _us(r, "fwd_bwd_fused"),
+                _us(r, "fwd_bwd_eager"),
+                _ratio(r["fwd_bwd_ratio"]),
+                r["target"],
+            ]
+            for r in rows
+        ],
+        markdown=markdown,
+    )

@@ -95,3 +95,13 @@ PRESETS = {
     ),
     ("cpu", True): _quick(BenchSettings(batch=4, warmup=1, repeats=5, train_batch=8, train_width=8, train_repeats=3)),
 }
+
+# The overhead case (plasticnet/bench/overhead.py): each sample is the mean of `calls` calls, taken
+# `samples` times after `warmup` rounds of `calls`. A tiny call costs tens of microseconds on CPU,
+# single ones on a GPU's host, so a sample spans milliseconds either way.
+OVERHEAD_PRESETS = {
+    ("cpu", False): {"calls": 200, "warmup": 2, "samples": 21},
+    ("cpu", True): {"calls": 50, "warmup": 1, "samples": 7},
+    ("cuda", False): {"calls": 500, "warmup": 2, "samples": 21},
+    ("cuda", True): {"calls": 100, "warmup": 1, "samples": 7},
+}
