@@ -38,16 +38,20 @@ inline std::vector<at::Tensor> in_layout(at::TensorList tensors, const at::Tenso
   return flat;
 }
 
-// `t` (called `name`) must have the shape, dtype and device of `ref` (called `ref_name`).
+// "[index]" after an argument's name, or nothing for index -1: formed only for a message, since the
+// checks run on every call and a passing one should build no strings.
+inline std::string index_suffix(int64_t index) { return index < 0 ? "" : "[" + std::to_string(index) + "]"; }
+
+// `t` (called `name`, or `name[index]`) must have the shape, dtype and device of `ref` (called `ref_name`).
 // Messages follow the Python layer's: "<op>: <argument>: expected <what>, got <what>".
-inline void check_like(const char* op, const std::string& name, const at::Tensor& t, const char* ref_name,
+inline void check_like(const char* op, const char* name, int64_t index, const at::Tensor& t, const char* ref_name,
                        const at::Tensor& ref) {
-  TORCH_CHECK_VALUE(t.sizes() == ref.sizes(), op, ": ", name, ": expected ", ref_name, "'s shape ", ref.sizes(),
-                    ", got ", t.sizes());
-  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), op, ": ", name, ": expected ", ref_name, "'s dtype ",
-                   ref.scalar_type(), ", got ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.device() == ref.device(), op, ": ", name, ": expected ", ref_name, "'s device ", ref.device(),
-                    ", got ", t.device());
+  TORCH_CHECK_VALUE(t.sizes() == ref.sizes(), op, ": ", name, index_suffix(index), ": expected ", ref_name,
+                    "'s shape ", ref.sizes(), ", got ", t.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), op, ": ", name, index_suffix(index), ": expected ",
+                   ref_name, "'s dtype ", ref.scalar_type(), ", got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == ref.device(), op, ": ", name, index_suffix(index), ": expected ", ref_name,
+                    "'s device ", ref.device(), ", got ", t.device());
 }
 
 // x_name: what the caller calls x (the backward checks its `out` against the same contract).
@@ -59,7 +63,7 @@ inline void check_operands(const char* op, const at::Tensor& x, at::TensorList b
   TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16, op,
                    ": ", x_name, ": expected dtype float32, bfloat16, float16 or float64, got ", dtype);
   for (int64_t k = 0; k < K; ++k) {
-    check_like(op, "branches[" + std::to_string(k) + "]", branches[k], x_name, x);
+    check_like(op, "branches", k, branches[k], x_name, x);
   }
   for (const auto* v : {&gates, &mask}) {
     const char* name = v == &gates ? "gates" : "mask";
@@ -87,18 +91,21 @@ inline at::Tensor slot_scales(const at::Tensor& x, const at::Tensor& gates, cons
 struct ForwardOperands {
   at::Tensor x;
   std::vector<at::Tensor> branches;
-  at::Tensor scales;  // s_k = mask_k * gates_k, accumulation dtype, on x's device
+  at::Tensor scales;  // s_k = mask_k * gates_k, accumulation dtype, on x's device (undefined unless asked for)
   Activation activation;
   at::Tensor out;
 };
 
+// device_scales: whether to form the scales as a tensor on x's device. The CPU kernels read gates
+// and mask themselves, which saves a small join an op and an allocation per call.
 inline ForwardOperands prepare_forward(const at::Tensor& x, at::TensorList branches, const at::Tensor& gates,
-                                       const at::Tensor& mask, c10::string_view activation) {
+                                       const at::Tensor& mask, c10::string_view activation,
+                                       bool device_scales = true) {
   check_operands("residual_aggregate", x, branches, gates, mask);
   const auto act = parse_activation(std::string(activation));
   auto flat_x = flat_reference(x);
   auto flat_branches = in_layout(branches, flat_x);
-  auto scales = slot_scales(flat_x, gates, mask);
+  auto scales = device_scales ? slot_scales(flat_x, gates, mask) : at::Tensor();
   auto out = at::empty_like(flat_x);
   return {std::move(flat_x), std::move(flat_branches), std::move(scales), act, std::move(out)};
 }
@@ -116,15 +123,15 @@ struct BackwardOperands {
 
 inline BackwardOperands prepare_backward(const at::Tensor& grad_out, const at::Tensor& out, at::TensorList branches,
                                          const at::Tensor& gates, const at::Tensor& mask,
-                                         c10::string_view activation) {
+                                         c10::string_view activation, bool device_scales = true) {
   constexpr const char* op = "residual_aggregate_backward";
   check_operands(op, out, branches, gates, mask, "out");
-  check_like(op, "grad_out", grad_out, "out", out);
+  check_like(op, "grad_out", -1, grad_out, "out", out);
   const auto act = parse_activation(std::string(activation));
   auto flat_out = flat_reference(out);
   auto flat_grad_out = in_layout_of(grad_out, flat_out);
   auto flat_branches = in_layout(branches, flat_out);
-  auto scales = slot_scales(flat_out, gates, mask);
+  auto scales = device_scales ? slot_scales(flat_out, gates, mask) : at::Tensor();
   auto grad_x = at::empty_like(flat_out);
   std::vector<at::Tensor> grad_branches;
   grad_branches.reserve(branches.size());

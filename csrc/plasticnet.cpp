@@ -1,7 +1,8 @@
-// The one place that declares plasticnet's operator schemas. Kernels register
-// implementations beside their code: csrc/cpu (CPU key), csrc/cuda (CUDA key),
-// plasticnet/ops/triton_residual_aggregate.py (the *_triton ops, from Python).
-// Autograd and fake (meta) kernels are registered in plasticnet/ops/residual_aggregate.py.
+// Declares the schemas of the compiled kernels' ops. Kernels register implementations beside their
+// code: csrc/cpu (CPU key), csrc/cuda (CUDA key); csrc/autograd.cpp the forward's autograd (Autograd
+// key). The fake (meta) kernels and the backward's own autograd are in plasticnet/ops/residual_aggregate.py.
+// The Triton ops (*_triton) are declared in Python by torch.library.triton_op
+// (plasticnet/ops/triton_residual_aggregate.py), so they exist without this extension.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -24,9 +25,4 @@ TORCH_LIBRARY(plasticnet, m) {
   m.def(
       "residual_aggregate_backward(Tensor grad_out, Tensor out, Tensor[] branches, Tensor gates, Tensor mask, "
       "str activation) -> (Tensor, Tensor[], Tensor)");
-  // The same contract, implemented by the Triton kernels (CUDA; CPU under TRITON_INTERPRET=1).
-  m.def("residual_aggregate_triton(Tensor x, Tensor[] branches, Tensor gates, Tensor mask, str activation) -> Tensor");
-  m.def(
-      "residual_aggregate_triton_backward(Tensor grad_out, Tensor out, Tensor[] branches, Tensor gates, "
-      "Tensor mask, str activation) -> (Tensor, Tensor[], Tensor)");
 }

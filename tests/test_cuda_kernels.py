@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from plasticnet.ops import (
+    PathScores,
     available_backends,
     residual_aggregate,
     residual_aggregate_backward_reference,
@@ -187,3 +188,28 @@ def test_cuda_graph_replays_forward_and_backward():
         graph.replay()
         expected = step("reference", [t.detach().clone().requires_grad_() for t in leaves])
         torch.testing.assert_close(captured, expected)
+
+
+@pytest.mark.parametrize("backend", [b for b in ("cuda", "triton") if b in available_backends("cuda")])
+def test_forward_and_backward_never_synchronise_with_the_host(backend):
+    # set_sync_debug_mode("error") raises on any synchronising CUDA call (an .item(), a blocking copy);
+    # a first call may compile or load kernels, so it runs before the mode is set.
+    x, branches, gates, mask = _operands(3, torch.float32)
+    leaves = [x, *branches, gates, mask]
+    for t in leaves:
+        t.requires_grad_()
+    scores = PathScores(3, device="cuda")
+
+    def step():
+        y = residual_aggregate(x, branches, gates, mask, backend=backend, scores=scores, slots=(2, 0, 1))
+        y.backward(torch.ones_like(y))
+
+    step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    assert torch.isfinite(gates.grad).all() and (scores.updates == 2).all()

@@ -23,10 +23,32 @@ def _triton_importable() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+# Availability is a fact of the process (the extension and triton load once, at import): computed
+# once per (backend, device type), so that choosing a backend costs a call nothing.
+_REASONS: dict[tuple[str, str], str | None] = {}
+_DEFAULTS: dict[str, str] = {}
+
+
 @torch.compiler.assume_constant_result  # a fact of the process, not of the traced values
 def _unavailable(backend: str, device_type: str) -> str | None:
     """None when `backend` can run on `device_type`, else the reason it cannot."""
+    key = (backend, device_type)
+    if key not in _REASONS:
+        _REASONS[key] = _find_unavailable(backend, device_type)
+    return _REASONS[key]
+
+
+def _find_unavailable(backend: str, device_type: str) -> str | None:
     if backend == "reference":
+        return None
+    if backend == "triton":
+        if not _triton_importable():
+            return "triton is not installed"
+        if not (device_type == "cuda" or (device_type == "cpu" and triton_interpreted())):
+            return (
+                "the triton backend takes CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), "
+                f"got {device_type} tensors"
+            )
         return None
     if not _extension.loaded:
         return _extension.unavailable_reason
@@ -40,18 +62,6 @@ def _unavailable(backend: str, device_type: str) -> str | None:
         if device_type != "cuda":
             return f"the cuda backend takes CUDA tensors, got {device_type} tensors"
         return None if _extension.with_cuda() else "plasticnet._C was built without its CUDA kernels"
-    if backend == "triton":
-        if not _triton_importable():
-            return "triton is not installed"
-        if not (device_type == "cuda" or (device_type == "cpu" and triton_interpreted())):
-            return (
-                "the triton backend takes CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), "
-                f"got {device_type} tensors"
-            )
-        dispatch_key = "CUDA" if device_type == "cuda" else "CPU"
-        if not torch._C._dispatch_has_kernel_for_dispatch_key("plasticnet::residual_aggregate_triton", dispatch_key):
-            return f"no Triton kernel is registered for {device_type} tensors"
-        return None
     raise AssertionError(backend)
 
 
@@ -61,11 +71,18 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
     return [b for b in BACKENDS if _unavailable(b, device_type) is None]
 
 
+@torch.compiler.assume_constant_result
+def _default_backend(device_type: str) -> str:
+    if device_type not in _DEFAULTS:
+        available = set(available_backends(device_type))
+        _DEFAULTS[device_type] = next(b for b in _PREFERENCE.get(device_type, ("reference",)) if b in available)
+    return _DEFAULTS[device_type]
+
+
 def resolve_backend(backend: str | None, device: torch.device) -> str:
     """The backend to run on `device`: `backend` itself when it can, the fastest available for None."""
     if backend is None:
-        available = set(available_backends(device))
-        return next(b for b in _PREFERENCE.get(device.type, ("reference",)) if b in available)
+        return _default_backend(device.type)
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend: expected None or one of {list(BACKENDS)}, got {backend!r}")
     reason = _unavailable(backend, device.type)

@@ -1,5 +1,7 @@
-"""The public residual_aggregate: argument checks, backend dispatch, and the autograd and
-fake (meta) registrations of the compiled ops declared in csrc/plasticnet.cpp."""
+"""The public residual_aggregate: argument checks, backend dispatch, the fake (meta) kernels of the
+compiled ops declared in csrc/plasticnet.cpp and the autograd formulas written in Python: the
+backward ops' (for higher orders) and the Triton forward's. The compiled forward's autograd is C++
+(csrc/autograd.cpp), since a Python one costs more per call than a small join's kernels."""
 
 from collections.abc import Sequence
 
@@ -73,23 +75,46 @@ def residual_aggregate(
     Differentiable to any order. A branch, gates or mask may be an inference tensor wherever
     the reference accepts one: autograd saves the branches only when gates or mask need a grad.
     """
-    branches = list(branches) if isinstance(branches, (list, tuple)) else branches
-    if not isinstance(branches, list):
+    if not isinstance(branches, (list, tuple)):
         raise TypeError(f"branches: expected a list or tuple of Tensors, got {type(branches).__name__}")
-    check_inputs(x, branches, gates, mask, activation)
     if slots is not None and scores is None:
         raise ValueError("slots: given without scores; slots say which slot of `scores` each branch feeds")
+    check_types(x, branches, gates, mask)
     backend = resolve_backend(backend, x.device)
+    if backend == "reference":
+        check_inputs(x, branches, gates, mask, activation)
+    # The ops check the rest themselves (csrc/layout.h, the Triton launchers, the fake kernels), in
+    # the same words: checking here as well would cost a small join as much as its kernel.
     if scores is not None:
         gates = scores.tap(gates, slots)
     if backend == "reference":
         return residual_aggregate_reference(x, branches, gates, mask, activation)
-    op = (
-        torch.ops.plasticnet.residual_aggregate_triton
-        if backend == "triton"
-        else torch.ops.plasticnet.residual_aggregate
-    )
+    op = _OPS[backend]
     return op(x, branches, gates, mask, activation)
+
+
+def check_types(x, branches, gates, mask) -> None:
+    """What the dispatcher would refuse in words that name no argument: operands that are no Tensors."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x: expected a Tensor, got {type(x).__name__}")
+    for k, h in enumerate(branches):
+        if not isinstance(h, torch.Tensor):
+            raise TypeError(f"branches[{k}]: expected a Tensor, got {type(h).__name__}")
+    for name, v in (("gates", gates), ("mask", mask)):
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"{name}: expected a Tensor of shape ({len(branches)},), got {type(v).__name__}")
+
+
+class _Ops(dict):
+    """backend name -> its forward op, looked up on first use (the Triton op is defined after this module)."""
+
+    def __missing__(self, backend: str):
+        name = "residual_aggregate_triton" if backend == "triton" else "residual_aggregate"
+        op = self[backend] = getattr(torch.ops.plasticnet, name).default
+        return op
+
+
+_OPS = _Ops()
 
 
 # ---- registrations on the compiled ops (shared by the C++/CUDA and the Triton family) ----
@@ -168,14 +193,20 @@ def _backward_of_backward(ctx, grad_grad_x, grad_grad_branches, grad_contributio
     return grad_grad_out, None, grad_branches, grad_gates, grad_mask, None
 
 
+def register_python_autograd(forward_op: str, backward_op: str, *, fake: bool, forward: bool) -> None:
+    """The Python autograd formulas of a forward/backward op pair, the backward op's always, the forward
+    op's only where it has none in C++ (`forward`); and their fake kernels when they have none (`fake`)."""
+    if fake:
+        torch.library.register_fake(forward_op)(_fake_forward)
+        torch.library.register_fake(backward_op)(_fake_backward)
+    if forward:
+        namespace, name = backward_op.split("::")
+        backward = getattr(getattr(torch.ops, namespace), name).default
+        torch.library.register_autograd(forward_op, _make_backward(backward), setup_context=_setup_context)
+    torch.library.register_autograd(backward_op, _backward_of_backward, setup_context=_setup_backward_context)
+
+
 if _extension.loaded:
-    for _name in ("residual_aggregate", "residual_aggregate_triton"):
-        _backward_name = f"plasticnet::{_name}_backward"
-        torch.library.register_fake(f"plasticnet::{_name}")(_fake_forward)
-        torch.library.register_fake(_backward_name)(_fake_backward)
-        torch.library.register_autograd(
-            f"plasticnet::{_name}",
-            _make_backward(getattr(torch.ops.plasticnet, f"{_name}_backward")),
-            setup_context=_setup_context,
-        )
-        torch.library.register_autograd(_backward_name, _backward_of_backward, setup_context=_setup_backward_context)
+    register_python_autograd(
+        "plasticnet::residual_aggregate", "plasticnet::residual_aggregate_backward", fake=True, forward=False
+    )

@@ -1,30 +1,30 @@
-"""Registers the Triton kernels (plasticnet/ops/triton_kernels.py) as the implementations of
-plasticnet::residual_aggregate_triton and its backward, whose schemas live in csrc/plasticnet.cpp
-and whose fake and autograd kernels live in residual_aggregate.py.
+"""Defines plasticnet::residual_aggregate_triton and its backward, implemented by the Triton kernels
+of plasticnet/ops/triton_kernels.py, with the autograd and fake kernels of residual_aggregate.py.
 
-They are registered for CUDA always, and for CPU too when TRITON_INTERPRET=1, so that
-residual_aggregate(..., backend="triton") on CPU tensors really runs the Triton kernels in the
-interpreter. The ops are opaque to torch.compile, which calls these implementations at run time.
-Without triton, or without the compiled extension that declares the ops, nothing is registered
-and plasticnet.ops.backends reports the triton backend as unavailable.
+On a GPU they are torch.library.triton_op ops: their launchers call the kernels through wrap_triton,
+so torch.compile traces into them and sees the kernels themselves. Under TRITON_INTERPRET=1, where
+the kernels run on CPU tensors in the interpreter, wrap_triton hands the interpreted kernels back
+unwrapped and nothing could trace them: the same launchers are then plain custom ops, opaque to
+torch.compile. Either way the ops need only triton, not the compiled extension. Without triton
+nothing is defined and plasticnet.ops.backends reports the triton backend as unavailable.
 """
 
 import importlib.util
 
 import torch
 
-from plasticnet import _extension
 from plasticnet.ops.backends import triton_interpreted
+from plasticnet.ops.residual_aggregate import register_python_autograd
 
-# Kept for the life of the process: dropping the handle would deregister the kernels.
-_library: torch.library.Library | None = None
+FORWARD = "plasticnet::residual_aggregate_triton"
+BACKWARD = "plasticnet::residual_aggregate_triton_backward"
 
-if _extension.loaded and importlib.util.find_spec("triton") is not None:
+if importlib.util.find_spec("triton") is not None:
     from plasticnet.ops import triton_kernels
 
-    _library = torch.library.Library("plasticnet", "IMPL")
-    for _dispatch_key in ("CUDA", "CPU") if triton_interpreted() else ("CUDA",):
-        _library.impl("residual_aggregate_triton", triton_kernels.residual_aggregate_triton, _dispatch_key)
-        _library.impl(
-            "residual_aggregate_triton_backward", triton_kernels.residual_aggregate_triton_backward, _dispatch_key
-        )
+    _define = torch.library.custom_op if triton_interpreted() else torch.library.triton_op
+    _define(FORWARD, triton_kernels.residual_aggregate_triton, mutates_args=())
+    _define(BACKWARD, triton_kernels.residual_aggregate_triton_backward, mutates_args=())
+    # A triton_op's own launcher is its fake kernel (run on fake tensors, wrap_triton launches nothing);
+    # a custom op needs one, and both share the forward's autograd formula.
+    register_python_autograd(FORWARD, BACKWARD, fake=triton_interpreted(), forward=True)
