@@ -20,7 +20,7 @@ PY    := $(PYTHON)
 BUILT := inplace
 endif
 
-.PHONY: train test lint build bench inplace clean
+.PHONY: train test lint build bench inplace clean gpu-check
 
 $(VENV)/.installed:
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
@@ -51,6 +51,11 @@ lint: $(if $(strip $(PYTHON)),,$(VENV)/.installed)
 
 bench: build
 	$(PY) -m plasticnet bench --quick
+
+# On a lent GPU machine: `make gpu-check PYTHON=python3` builds for sm_90 in place, runs the GPU tests
+# and benchmarks (op and overhead cases) into benchmarks/results/, in under 8 minutes; fails without a GPU.
+gpu-check:
+	PYTHON=$(PY) bash benchmarks/gpu_check.sh
 
 clean:
 	rm -rf build *.egg-info plasticnet/_C*.so plasticnet/_build_info.json build.log $(VENV)/.built
