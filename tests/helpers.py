@@ -1,5 +1,8 @@
 """Helpers shared by several test files (tests/ is on sys.path under pytest's default import mode)."""
 
+import subprocess
+import sys
+
 import torch
 from torch import nn
 
@@ -24,3 +27,16 @@ def tiny_synthetic_flags(**options) -> list[str]:
         flag = name.replace("_", "-")
         flags += [f"--{flag}"] if value is True else [f"--no-{flag}"] if value is False else [f"--{flag}", str(value)]
     return flags
+
+
+def plasticnet(*argv) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "plasticnet", *map(str, argv)], capture_output=True, text=True)
+
+
+def one_line_error(done: subprocess.CompletedProcess, *needles: str) -> str:
+    """The single stderr line of a user's mistake, holding every needle."""
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    for needle in needles:
+        assert needle in done.stderr, (needle, done.stderr)
+    return done.stderr

@@ -7,13 +7,11 @@ import fcntl
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
-from helpers import tiny_synthetic_flags
+from helpers import one_line_error, plasticnet, tiny_synthetic_flags
 
 from plasticnet.cli import main
 from plasticnet.training import checkpoint
@@ -23,19 +21,6 @@ TINY = tiny_synthetic_flags(
     train_size=64, test_size=32, batch_size=32, epochs=1, rewire_interval=3, progress=False, threads=1
 )
 PLASTIC = [*TINY, "--model", "plastic-resnet18", "--max-span", "2"]
-
-
-def plasticnet(*argv) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "plasticnet", *map(str, argv)], capture_output=True, text=True)
-
-
-def one_line_error(done: subprocess.CompletedProcess, *needles: str) -> str:
-    """The single stderr line of a user's mistake, holding every needle."""
-    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
-    assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1, done.stderr
-    for needle in needles:
-        assert needle in done.stderr, (needle, done.stderr)
-    return done.stderr
 
 
 def snapshot(run_dir) -> dict:
