@@ -114,10 +114,34 @@ def test_overhead_case_reports_ratios_against_its_targets(tmp_path, capsys):
     assert capsys.readouterr().out.count("| cpu | 2 |") == 1
 
 
+def test_inference_case_times_the_plastic_model_its_exports_and_the_static_twin(tmp_path, capsys):
+    path = tmp_path / "inference.json"
+    argv = ["bench", "--case", "inference", "--device", "cpu", "--quick", "--train-batch", "4", "--repeats", "3"]
+    assert main([*argv, "--train-width", "4", "--warmup", "0", "--no-progress", "--json", str(path)]) == 0
+    report = json.loads(path.read_text())
+    assert report["case"] == "inference" and report["settings"] == {"batch": 4, "width": 4, "warmup": 0, "samples": 3}
+    rows = {row["model"]: row for row in report["inference"]}
+    assert list(rows) == ["plastic", "export, fused join", "export, reference join", "static resnet18"]
+    assert {row["active_paths"] for row in rows.values()} == {8}  # equal active paths
+    plastic = rows["plastic"]
+    for name in ("export, fused join", "export, reference join"):
+        assert rows[name]["macs"] == plastic["macs"] and rows[name]["parameters"] == plastic["parameters"] - 8  # gates
+        assert rows[name]["vs_plastic"] == pytest.approx(rows[name]["images_per_s"] / plastic["images_per_s"])
+        assert rows[name]["target"] == ("PASS" if rows[name]["vs_plastic"] >= 1 else "MISS")
+    assert rows["static resnet18"]["target"] is None
+    for row in rows.values():
+        assert 0 < row["batch_p20_ms"] <= row["batch_ms"] <= row["batch_p80_ms"]
+        assert row["images_per_s"] == pytest.approx(4 / (row["batch_ms"] / 1e3))
+    assert "vs plastic" in capsys.readouterr().out
+    assert main(["bench", "--show", str(path), "--markdown"]) == 0
+    assert capsys.readouterr().out.count("| export, fused join | 8 |") == 1
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["--batch", "0"], "--batch: expected >= 1, got 0"),
+        (["--case", "inference", "--train-batch", "0"], "--train-batch, --train-width, --repeats: expected >= 1"),
         (["--ks", "0"], "--ks: expected branch counts >= 1"),
         (["--backends", "cuda"], "'cuda' is unavailable on cpu"),
         (["--case", "overhead", "--backends", "eager"], "--backends: the overhead case needs a fused backend"),

@@ -1,6 +1,7 @@
 """`plasticnet bench`: the residual_aggregate micro-benchmarks and the training-step benchmark
-(`--case ops`, the default), or the per-call host overhead (`--case overhead`), printed as tables
-(with a PASS/MISS column per target) and optionally written as JSON."""
+(`--case ops`, the default), the per-call host overhead (`--case overhead`) or a found network's
+inference speed (`--case inference`), printed as tables (with a PASS/MISS column per target) and
+optionally written as JSON."""
 
 import argparse
 import dataclasses
@@ -14,6 +15,12 @@ from dataclasses import dataclass
 import torch
 
 from plasticnet.bench.environment import describe, last_level_cache_bytes, load_average
+from plasticnet.bench.inference import (
+    INFERENCE_PRESETS,
+    INFERENCE_TARGET,
+    inference_table,
+    run_inference_benchmarks,
+)
 from plasticnet.bench.ops import BASELINES, BENCH_BACKENDS, DEFAULT_DTYPES, DTYPES, run_op_benchmarks
 from plasticnet.bench.overhead import OVERHEAD_KS, OVERHEAD_TARGET, run_overhead_benchmarks
 from plasticnet.bench.report import TARGETS, op_table, op_target, overhead_table, train_step_table, train_step_target
@@ -187,6 +194,32 @@ def _run_overhead(args: argparse.Namespace, device: torch.device, settings: dict
     return report
 
 
+def _inference_settings(args: argparse.Namespace, device: torch.device) -> dict:
+    """The inference case's options: --train-batch (images per forward), --train-width, --warmup, --repeats."""
+    settings = dict(INFERENCE_PRESETS[(device.type, args.quick)])
+    given = {"batch": args.train_batch, "width": args.train_width, "warmup": args.warmup, "samples": args.repeats}
+    settings.update({name: value for name, value in given.items() if value is not None})
+    if min(settings["batch"], settings["width"], settings["samples"]) < 1 or settings["warmup"] < 0:
+        raise ValueError(f"--train-batch, --train-width, --repeats: expected >= 1 and --warmup >= 0, got {settings}")
+    return settings
+
+
+def _run_inference(args: argparse.Namespace, device: torch.device, settings: dict) -> dict:
+    report = describe(device)
+    rows = run_inference_benchmarks(device, settings, progress=args.progress)
+    report.update(
+        {
+            "case": "inference",
+            "load_after": load_average(),
+            "quick": args.quick,
+            "settings": settings,
+            "targets": {"inference": INFERENCE_TARGET},
+            "inference": rows,
+        }
+    )
+    return report
+
+
 def _print_ops(report: dict, markdown: bool) -> None:
     print(f"copy bandwidth {report['copy_gbps']:.1f} GB/s (largest tensor; each row uses its own size)\n")
     print(op_table(report["results"], markdown=markdown))
@@ -198,6 +231,12 @@ def _print_ops(report: dict, markdown: bool) -> None:
 def _print_overhead(report: dict, markdown: bool) -> None:
     print(f"microseconds per call, median (p20-p80) of {report['settings']['samples']} samples\n")
     print(overhead_table(report["overhead"], markdown=markdown))
+
+
+def _print_inference(report: dict, markdown: bool) -> None:
+    settings = report["settings"]
+    print(f"eval mode, batch {settings['batch']}, width {settings['width']}, {settings['samples']} samples\n")
+    print(inference_table(report["inference"], markdown=markdown))
 
 
 @dataclass(frozen=True)
@@ -230,6 +269,15 @@ CASES = {
         ("settings", "overhead"),
         _print_overhead,
         lambda report: report["overhead"],
+    ),
+    "inference": Case(
+        "images/s in eval mode of a plastic ResNet-18, its static export and the static ResNet-18 "
+        "at equal active paths",
+        _inference_settings,
+        _run_inference,
+        ("settings", "inference"),
+        _print_inference,
+        lambda report: report["inference"],
     ),
 }
 COMMON_KEYS = ("device", "date", "versions", "threads", "targets")
