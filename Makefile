@@ -6,7 +6,7 @@
 VENV       ?= .venv
 PYTHON     ?=
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
-TOOLS      := ninja setuptools wheel numpy pillow tqdm matplotlib scipy pytest pytest-benchmark ruff
+TOOLS      := ninja setuptools wheel numpy pillow tqdm matplotlib scipy pytest pytest-benchmark ruff onnx onnxscript onnxruntime
 SOURCES    := setup.py pyproject.toml $(shell find csrc -type f)
 
 TRAIN_ARGS ?= --dataset synthetic --epochs 3 --rewire-interval 10 --out runs/make-train
