@@ -138,3 +138,16 @@ def test_corrupt_and_foreign_files_are_one_line(plastic_run, tmp_path):
     one_line_error(plasticnet("eval", text), "not a readable ONNX model" if HAS_ONNX else "onnxruntime")
     one_line_error(plasticnet("eval", tmp_path / "missing.pt2"), "no such file")
     one_line_error(plasticnet("eval", good, "--dataset", "cifar10", "--data-dir", tmp_path), "cifar")
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--device", "mps"], "--device: expected auto, cpu, cuda or cuda:N"),
+        (["--test-size", "0"], "--test-size: expected a positive integer"),
+        (["--batch-size", "0"], "--batch-size and --threads: expected positive integers"),
+        (["--checkpoint", "last", "--dataset", "imagefolder"], "image folder"),
+    ],
+)
+def test_eval_refusals(plastic_run, argv, needle):
+    one_line_error(plasticnet("eval", plastic_run, *argv), needle)

@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", choices=DATASETS, default=None, help="default: the one the network trained on")
     parser.add_argument("--data-dir", default=None, help="default: the training run's")
     parser.add_argument("--test-size", type=int, default=None, help="test images (default: the training run's)")
-    parser.add_argument("--download", action="store_true", help="let torchvision fetch a missing dataset")
+    parser.add_argument("--download", action="store_true", default=None, help="let torchvision fetch a missing dataset")
     parser.add_argument("--batch-size", type=int, default=500, help="images per forward")
     parser.add_argument("--tta", action="store_true", help="average each prediction with its mirror image's")
     parser.add_argument("--device", default="auto", help="auto (cuda when visible), cpu, cuda or cuda:N")
@@ -57,11 +57,11 @@ def run(args: argparse.Namespace) -> int:
         if args.threads is not None:
             torch.set_num_threads(args.threads)
         predict, config, mean, std, outputs, description = _network(args)
-        device = resolve_device(args.device, 0)
+        overrides = {k: getattr(args, k) for k in DATA_OPTIONS if getattr(args, k) is not None}
+        config = config.replace(**overrides, device=args.device)  # checks them as `train` does
+        device = resolve_device(config.device, 0)
         if device.type != "cpu" and args.target.endswith(".onnx"):
             raise ConfigError("--device: ONNX files are evaluated on the CPU by onnxruntime; use --device cpu")
-        overrides = {k: getattr(args, k) for k in DATA_OPTIONS if getattr(args, k) not in (None, False)}
-        config = config.replace(**overrides, device=device.type)
         data = load_data(config, Distributed(device.type), device)
         if outputs != len(data.classes):
             raise ConfigError(f"--dataset {config.dataset} has {len(data.classes)} classes, the network {outputs}")
