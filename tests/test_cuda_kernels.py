@@ -213,3 +213,19 @@ def test_forward_and_backward_never_synchronise_with_the_host(backend):
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
     assert torch.isfinite(gates.grad).all() and (scores.updates == 2).all()
+
+
+@pytest.mark.parametrize(
+    "dtype, offset_bytes",
+    [(d, b) for d in DTYPES for b in (8, 4, 2) if b % d.itemsize == 0],
+    ids=lambda v: str(v).removeprefix("torch."),
+)
+def test_partly_aligned_views_take_the_widest_common_width(dtype, offset_bytes):
+    # One branch offset by 8, 4 or 2 bytes sends every operand to accesses of that width; K = 11 runs
+    # a full group and a partial one.
+    K = 11
+    offsets = [0] * (K + 1)
+    offsets[2] = offset_bytes // dtype.itemsize
+    x, branches, gates, mask = _operands(K, dtype, offsets=offsets)
+    assert branches[1].data_ptr() % 16 == offset_bytes
+    _assert_ops_match_reference(x, branches, gates, mask, torch.randn_like(x))
