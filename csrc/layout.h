@@ -80,41 +80,35 @@ inline at::ScalarType accumulate_type(const at::Tensor& x) {
   return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// Per-slot scales s_k = mask_k * gates_k in the accumulation dtype, on x's device.
-inline at::Tensor slot_scales(const at::Tensor& x, const at::Tensor& gates, const at::Tensor& mask) {
-  const auto acc = accumulate_type(x);
-  return (gates.to(acc) * mask.to(acc)).contiguous();
-}
 
 
 // A forward call's operands, checked and in one flat layout, with its output allocated.
 struct ForwardOperands {
   at::Tensor x;
   std::vector<at::Tensor> branches;
-  at::Tensor scales;  // s_k = mask_k * gates_k, accumulation dtype, on x's device (undefined unless asked for)
+  // In the accumulation dtype (the tensors themselves when they have it). The kernels form the scales
+  // s_k = gates_k * mask_k themselves: a scales tensor would cost a small join an op per call.
+  at::Tensor gates, mask;
   Activation activation;
   at::Tensor out;
 };
 
-// device_scales: whether to form the scales as a tensor on x's device. The CPU kernels read gates
-// and mask themselves, which saves a small join an op and an allocation per call.
 inline ForwardOperands prepare_forward(const at::Tensor& x, at::TensorList branches, const at::Tensor& gates,
-                                       const at::Tensor& mask, c10::string_view activation,
-                                       bool device_scales = true) {
+                                       const at::Tensor& mask, c10::string_view activation) {
   check_operands("residual_aggregate", x, branches, gates, mask);
   const auto act = parse_activation(std::string(activation));
   auto flat_x = flat_reference(x);
   auto flat_branches = in_layout(branches, flat_x);
-  auto scales = device_scales ? slot_scales(flat_x, gates, mask) : at::Tensor();
+  const auto acc = accumulate_type(x);
   auto out = at::empty_like(flat_x);
-  return {std::move(flat_x), std::move(flat_branches), std::move(scales), act, std::move(out)};
+  return {std::move(flat_x), std::move(flat_branches), gates.to(acc), mask.to(acc), act, std::move(out)};
 }
 
 // A backward call's operands, checked and in out's flat layout, with its outputs allocated.
 struct BackwardOperands {
   at::Tensor grad_out, out;
   std::vector<at::Tensor> branches;
-  at::Tensor scales;
+  at::Tensor gates, mask;  // in the accumulation dtype, as in ForwardOperands
   Activation activation;
   at::Tensor grad_x;
   std::vector<at::Tensor> grad_branches;
@@ -123,7 +117,7 @@ struct BackwardOperands {
 
 inline BackwardOperands prepare_backward(const at::Tensor& grad_out, const at::Tensor& out, at::TensorList branches,
                                          const at::Tensor& gates, const at::Tensor& mask,
-                                         c10::string_view activation, bool device_scales = true) {
+                                         c10::string_view activation) {
   constexpr const char* op = "residual_aggregate_backward";
   check_operands(op, out, branches, gates, mask, "out");
   check_like(op, "grad_out", -1, grad_out, "out", out);
@@ -131,14 +125,14 @@ inline BackwardOperands prepare_backward(const at::Tensor& grad_out, const at::T
   auto flat_out = flat_reference(out);
   auto flat_grad_out = in_layout_of(grad_out, flat_out);
   auto flat_branches = in_layout(branches, flat_out);
-  auto scales = device_scales ? slot_scales(flat_out, gates, mask) : at::Tensor();
+  const auto acc = accumulate_type(out);
   auto grad_x = at::empty_like(flat_out);
   std::vector<at::Tensor> grad_branches;
   grad_branches.reserve(branches.size());
   for (size_t k = 0; k < branches.size(); ++k) grad_branches.push_back(at::empty_like(flat_out));
   auto contributions =
       at::empty({static_cast<int64_t>(branches.size())}, out.options().dtype(accumulate_type(out)));
-  return {std::move(flat_grad_out), std::move(flat_out), std::move(flat_branches), std::move(scales), act,
+  return {std::move(flat_grad_out), std::move(flat_out), std::move(flat_branches), gates.to(acc), mask.to(acc), act,
           std::move(grad_x), std::move(grad_branches), std::move(contributions)};
 }
 

@@ -159,3 +159,21 @@ def test_forty_branches_over_several_reduction_chunks(subject):
     term_sums = torch.stack([(dz * h.detach()).abs().sum() for h in branches])
     for a, e in zip(actual[K + 2 :], expected[K + 2 :]):
         assert ((a.double() - e).abs() <= 1e-5 * term_sums).all()
+
+
+@pytest.mark.parametrize("subject", SUBJECTS, ids=_subject_id)
+def test_gates_and_mask_in_any_stride_and_floating_dtype(subject):
+    # The kernels read gates and mask themselves: a strided view, and another dtype than the scales'.
+    backend, device = subject
+    x, *branches = (torch.randn(3, 77, device=device, requires_grad=True) for _ in range(4))
+    gates = torch.randn(6, device=device, dtype=torch.float64)[::2].requires_grad_()
+    mask = torch.tensor([1.0, 0.0, 0.5, 1.0, 1.0, 1.0], device=device, dtype=torch.bfloat16)[1::2].requires_grad_()
+    grad_out = torch.randn(3, 77, device=device)
+    leaves = [x, *branches, gates, mask]
+    results = {}
+    for b in (backend, "reference"):
+        y = residual_aggregate(x, branches, gates, mask, backend=b)
+        results[b] = [y, *torch.autograd.grad(y, leaves, grad_out)]
+    for name, actual, expected in zip(["y", "x", "h0", "h1", "h2", "gates", "mask"], *results.values()):
+        assert actual.dtype == expected.dtype, name
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")

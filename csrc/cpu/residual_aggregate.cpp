@@ -102,17 +102,13 @@ std::vector<const scalar_t*> data_pointers(const std::vector<at::Tensor>& tensor
   return pointers;
 }
 
-// s_k = mask_k * gates_k, each rounded to the accumulation dtype first as on every other backend,
-// broadcast to one vector each. Read on the host: the tensors are CPU tensors, and forming s as a
-// tensor would cost a small join an op and an allocation per call.
+// s_k = gates_k * mask_k (both already in the accumulation dtype, layout.h), broadcast to one vector
+// each. Read on the host: they are CPU tensors.
 template <typename scalar_t>
 std::vector<typename Lanes<scalar_t>::Vec> broadcast_scales(const at::Tensor& gates, const at::Tensor& mask) {
   using acc_t = typename Lanes<scalar_t>::acc_t;
-  constexpr auto acc = c10::CppTypeToScalarType<acc_t>::value;
-  const auto g = gates.to(acc);  // the tensor itself when it has that dtype already
-  const auto m = mask.to(acc);
-  const auto ga = g.template accessor<acc_t, 1>();
-  const auto ma = m.template accessor<acc_t, 1>();
+  const auto ga = gates.template accessor<acc_t, 1>();
+  const auto ma = mask.template accessor<acc_t, 1>();
   std::vector<typename Lanes<scalar_t>::Vec> s;
   s.reserve(ga.size(0));
   for (int64_t k = 0; k < ga.size(0); ++k) s.emplace_back(ga[k] * ma[k]);
@@ -202,9 +198,9 @@ std::vector<double> backward_kernel(const at::Tensor& grad_out, const at::Tensor
 
 at::Tensor residual_aggregate_cpu(const at::Tensor& x, at::TensorList branches, const at::Tensor& gates,
                                   const at::Tensor& mask, c10::string_view activation) {
-  auto ops = prepare_forward(x, branches, gates, mask, activation, /*device_scales=*/false);
+  auto ops = prepare_forward(x, branches, gates, mask, activation);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "residual_aggregate_cpu", [&] {
-    forward_kernel<scalar_t>(ops.x, ops.branches, gates, mask, ops.activation, ops.out);
+    forward_kernel<scalar_t>(ops.x, ops.branches, ops.gates, ops.mask, ops.activation, ops.out);
   });
   return ops.out;
 }
@@ -212,12 +208,12 @@ at::Tensor residual_aggregate_cpu(const at::Tensor& x, at::TensorList branches, 
 std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> residual_aggregate_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& out, at::TensorList branches, const at::Tensor& gates,
     const at::Tensor& mask, c10::string_view activation) {
-  auto ops = prepare_backward(grad_out, out, branches, gates, mask, activation, /*device_scales=*/false);
+  auto ops = prepare_backward(grad_out, out, branches, gates, mask, activation);
   const int64_t K = static_cast<int64_t>(branches.size());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "residual_aggregate_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const auto partials = backward_kernel<scalar_t>(ops.grad_out, ops.out, ops.branches, gates, mask, ops.activation,
-                                                    ops.grad_x, ops.grad_branches);
+    const auto partials = backward_kernel<scalar_t>(ops.grad_out, ops.out, ops.branches, ops.gates, ops.mask,
+                                                    ops.activation, ops.grad_x, ops.grad_branches);
     auto* c = ops.contributions.mutable_data_ptr<acc_t>();
     const int64_t chunks = num_chunks(out.numel());
     for (int64_t k = 0; k < K; ++k) {

@@ -8,6 +8,8 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
@@ -99,10 +101,30 @@ constexpr int slots() {
   return kBranches > 0 ? kBranches : 1;
 }
 
+// gates and mask (in the accumulation dtype, any stride) as the kernels read them: each launch forms
+// s_k = gates_k * mask_k itself, so no scales tensor is made per call.
+template <typename acc_t>
+struct Scales {
+  const acc_t* gates;
+  int64_t gate_stride;
+  const acc_t* mask;
+  int64_t mask_stride;
+
+  // The scales of branches first, first + 1, ...: those of one group.
+  Scales from(int64_t first) const {
+    return {gates + first * gate_stride, gate_stride, mask + first * mask_stride, mask_stride};
+  }
+};
+
+template <typename acc_t>
+Scales<acc_t> scales_of(const at::Tensor& gates, const at::Tensor& mask) {
+  return {gates.const_data_ptr<acc_t>(), gates.stride(0), mask.const_data_ptr<acc_t>(), mask.stride(0)};
+}
+
 template <int kBranches, typename acc_t>
-__device__ __forceinline__ void load_scales(const acc_t* __restrict__ scales, acc_t (&dst)[slots<kBranches>()]) {
+__device__ __forceinline__ void load_scales(const Scales<acc_t>& s, acc_t (&dst)[slots<kBranches>()]) {
 #pragma unroll
-  for (int k = 0; k < kBranches; ++k) dst[k] = __ldg(scales + k);
+  for (int k = 0; k < kBranches; ++k) dst[k] = __ldg(s.gates + k * s.gate_stride) * __ldg(s.mask + k * s.mask_stride);
 }
 
 // Runs body(pack) over all full packs of kVec elements, then body's scalar twin over the tail,
@@ -156,15 +178,23 @@ __device__ __forceinline__ void block_sum_store(const acc_t (&values)[M], int co
 
 // Enough blocks to cover `work_items` threads, capped at what the device keeps resident at once
 // (the grid-stride loops cover the rest). Depends only on the device and the kernel, so the
-// backward's summation order, and hence its bits, is reproducible.
-template <typename Kernel>
-int grid_size(Kernel kernel, int64_t work_items) {
-  int sms = 0;
-  int blocks_per_sm = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, c10::cuda::current_device()));
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, kThreads, 0));
+// backward's summation order, and hence its bits, is reproducible. The capacity takes two host queries
+// of microseconds each, a small join's whole budget: asked once per (kernel, device) and kept.
+template <auto kKernel>
+int grid_size(int64_t work_items) {
+  constexpr int kDevices = 64;
+  static std::array<std::atomic<int64_t>, kDevices> capacity{};  // 0 until asked
+  const int device = c10::cuda::current_device();
+  int64_t resident = device < kDevices ? capacity[device].load(std::memory_order_relaxed) : 0;
+  if (resident == 0) {
+    int sms = 0;
+    int blocks_per_sm = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kKernel, kThreads, 0));
+    resident = static_cast<int64_t>(sms) * std::max(blocks_per_sm, 1);
+    if (device < kDevices) capacity[device].store(resident, std::memory_order_relaxed);
+  }
   const int64_t needed = (work_items + kThreads - 1) / kThreads;
-  const int64_t resident = static_cast<int64_t>(sms) * std::max(blocks_per_sm, 1);
   return static_cast<int>(std::max<int64_t>(1, std::min(needed, resident)));
 }
 

@@ -61,7 +61,7 @@ __device__ __forceinline__ void forward_pack(int64_t pack, const base_t* base,
 template <typename scalar_t, typename base_t, typename dst_t, int kVec, int kBranches>
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(const base_t* base, PointerTable<const scalar_t> branches,
-                   const at::opmath_type<scalar_t>* __restrict__ scales, bool relu, dst_t* dst, int64_t n) {
+                   Scales<at::opmath_type<scalar_t>> scales, bool relu, dst_t* dst, int64_t n) {
   using acc_t = at::opmath_type<scalar_t>;
   acc_t scale[slots<kBranches>()];
   load_scales<kBranches>(scales, scale);
@@ -113,7 +113,7 @@ template <typename scalar_t, int kVec, bool kRelu, int kBranches>
 __global__ void __launch_bounds__(kThreads)
     backward_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ out,
                     PointerTable<const scalar_t> branches, PointerTable<scalar_t> grad_branches,
-                    const at::opmath_type<scalar_t>* __restrict__ scales, scalar_t* grad_x,
+                    Scales<at::opmath_type<scalar_t>> scales, scalar_t* grad_x,
                     at::opmath_type<scalar_t>* partials, int64_t n) {
   using acc_t = at::opmath_type<scalar_t>;
   acc_t scale[slots<kBranches>()];
@@ -144,27 +144,26 @@ __global__ void __launch_bounds__(kThreads)
 
 template <typename scalar_t, int kVec, int kBranches, typename base_t, typename dst_t>
 void launch_forward_group(const base_t* base, const PointerTable<const scalar_t>& branches,
-                          const at::opmath_type<scalar_t>* scales, bool relu, dst_t* dst, int64_t n) {
-  const auto kernel = forward_kernel<scalar_t, base_t, dst_t, kVec, kBranches>;
-  kernel<<<grid_size(kernel, n / kVec), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(base, branches, scales,
+                          const Scales<at::opmath_type<scalar_t>>& scales, bool relu, dst_t* dst, int64_t n) {
+  constexpr auto kernel = forward_kernel<scalar_t, base_t, dst_t, kVec, kBranches>;
+  kernel<<<grid_size<kernel>(n / kVec), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(base, branches, scales,
                                                                                           relu, dst, n);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename scalar_t, int kVec>
-void launch_forward(const at::Tensor& x, const std::vector<at::Tensor>& branches, const at::Tensor& scales,
-                    bool relu, at::Tensor& out) {
+void launch_forward(const at::Tensor& x, const std::vector<at::Tensor>& branches,
+                    const Scales<at::opmath_type<scalar_t>>& scales, bool relu, at::Tensor& out) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t n = out.numel();
   const auto groups = branch_groups(static_cast<int64_t>(branches.size()));
   const scalar_t* x_ptr = x.const_data_ptr<scalar_t>();
   scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
-  const acc_t* scale_ptr = scales.const_data_ptr<acc_t>();
   // Only the last group has fewer than kBranchesPerLaunch branches: only it needs every count.
   const auto last_group = [&](const auto* base, int64_t first) {
     with_branch_count(groups.back(), [&](auto count) {
       launch_forward_group<scalar_t, kVec, decltype(count)::value>(
-          base, pointer_table<const scalar_t>(branches, first, groups.back()), scale_ptr + first, relu, out_ptr, n);
+          base, pointer_table<const scalar_t>(branches, first, groups.back()), scales.from(first), relu, out_ptr, n);
     });
   };
   if (groups.size() == 1) {
@@ -179,9 +178,9 @@ void launch_forward(const at::Tensor& x, const std::vector<at::Tensor>& branches
   for (size_t g = 0; g + 1 < groups.size(); ++g, first += kBranchesPerLaunch) {
     const auto table = pointer_table<const scalar_t>(branches, first, kBranchesPerLaunch);
     if (g == 0) {
-      launch_forward_group<scalar_t, kVec, kBranchesPerLaunch>(x_ptr, table, scale_ptr, false, running_ptr, n);
+      launch_forward_group<scalar_t, kVec, kBranchesPerLaunch>(x_ptr, table, scales, false, running_ptr, n);
     } else {
-      launch_forward_group<scalar_t, kVec, kBranchesPerLaunch>(running_ptr, table, scale_ptr + first, false,
+      launch_forward_group<scalar_t, kVec, kBranchesPerLaunch>(running_ptr, table, scales.from(first), false,
                                                                running_ptr, n);
     }
   }
@@ -190,8 +189,8 @@ void launch_forward(const at::Tensor& x, const std::vector<at::Tensor>& branches
 
 template <typename scalar_t, int kVec, bool kRelu>
 void launch_backward(const at::Tensor& grad_out, const at::Tensor& out, const std::vector<at::Tensor>& branches,
-                     const at::Tensor& scales, at::Tensor& grad_x, std::vector<at::Tensor>& grad_branches,
-                     at::Tensor& contributions) {
+                     const Scales<at::opmath_type<scalar_t>>& scales, at::Tensor& grad_x,
+                     std::vector<at::Tensor>& grad_branches, at::Tensor& contributions) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t n = out.numel();
   const int64_t K = static_cast<int64_t>(branches.size());
@@ -201,11 +200,10 @@ void launch_backward(const at::Tensor& grad_out, const at::Tensor& out, const st
   // (K, blocks) buffer and their second-stage sum one launch.
   int blocks = 0;
   with_branch_count(groups.front(), [&](auto count) {
-    blocks = grid_size(backward_kernel<scalar_t, kVec, kRelu, decltype(count)::value>, n / kVec);
+    blocks = grid_size<backward_kernel<scalar_t, kVec, kRelu, decltype(count)::value>>(n / kVec);
   });
   const at::Tensor partials = at::empty({K, blocks}, contributions.options());
   acc_t* partials_ptr = partials.mutable_data_ptr<acc_t>();
-  const acc_t* scale_ptr = scales.const_data_ptr<acc_t>();
   int64_t first = 0;
   for (const int group : groups) {
     // Later groups read dz from grad_x, with the activation already applied (masking never rounds).
@@ -218,10 +216,10 @@ void launch_backward(const at::Tensor& grad_out, const at::Tensor& out, const st
       scalar_t* grad_x_ptr = is_first ? grad_x.mutable_data_ptr<scalar_t>() : nullptr;
       if (is_first) {
         backward_kernel<scalar_t, kVec, kRelu, kCount><<<blocks, kThreads, 0, stream>>>(
-            incoming, out.const_data_ptr<scalar_t>(), table, grad_table, scale_ptr, grad_x_ptr, partials_ptr, n);
+            incoming, out.const_data_ptr<scalar_t>(), table, grad_table, scales, grad_x_ptr, partials_ptr, n);
       } else {
         backward_kernel<scalar_t, kVec, false, kCount><<<blocks, kThreads, 0, stream>>>(
-            incoming, out.const_data_ptr<scalar_t>(), table, grad_table, scale_ptr + first, grad_x_ptr,
+            incoming, out.const_data_ptr<scalar_t>(), table, grad_table, scales.from(first), grad_x_ptr,
             partials_ptr + first * blocks, n);
       }
     });
@@ -241,9 +239,10 @@ at::Tensor residual_aggregate_cuda(const at::Tensor& x, at::TensorList branches,
   auto ops = prepare_forward(x, branches, gates, mask, activation);
   if (ops.out.numel() == 0) return ops.out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "residual_aggregate_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
     const std::vector<at::Tensor> ends{ops.x, ops.out};
     with_vector_width<scalar_t>(common_alignment<scalar_t>({&ends, &ops.branches}), [&](auto vec) {
-      launch_forward<scalar_t, decltype(vec)::value>(ops.x, ops.branches, ops.scales,
+      launch_forward<scalar_t, decltype(vec)::value>(ops.x, ops.branches, scales_of<acc_t>(ops.gates, ops.mask),
                                                       ops.activation == Activation::kRelu, ops.out);
     });
   });
@@ -262,13 +261,14 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> residual_aggregate_b
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "residual_aggregate_backward_cuda", [&] {
       const std::vector<at::Tensor> ends{ops.grad_out, ops.out, ops.grad_x};
       const int alignment = common_alignment<scalar_t>({&ends, &ops.branches, &ops.grad_branches});
+      const auto scales = scales_of<at::opmath_type<scalar_t>>(ops.gates, ops.mask);
       with_vector_width<scalar_t>(alignment, [&](auto vec) {
         constexpr int kVec = decltype(vec)::value;
         if (ops.activation == Activation::kRelu) {
-          launch_backward<scalar_t, kVec, true>(ops.grad_out, ops.out, ops.branches, ops.scales, ops.grad_x,
+          launch_backward<scalar_t, kVec, true>(ops.grad_out, ops.out, ops.branches, scales, ops.grad_x,
                                                 ops.grad_branches, ops.contributions);
         } else {
-          launch_backward<scalar_t, kVec, false>(ops.grad_out, ops.out, ops.branches, ops.scales, ops.grad_x,
+          launch_backward<scalar_t, kVec, false>(ops.grad_out, ops.out, ops.branches, scales, ops.grad_x,
                                                  ops.grad_branches, ops.contributions);
         }
       });
