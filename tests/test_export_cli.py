@@ -11,7 +11,10 @@ from helpers import one_line_error, plasticnet, tiny_synthetic_flags
 
 import plasticnet as package
 from plasticnet.cli import main
+from plasticnet.deploy.runs import load_run_checkpoint
 from plasticnet.models import PlasticResNet, StaticResNet
+from plasticnet.training.checkpoint import load_checkpoint, save_checkpoint
+from plasticnet.training.state import INPUT_STATISTICS
 
 TINY = tiny_synthetic_flags(
     train_size=64, val_size=32, test_size=48, batch_size=32, epochs=2, rewire_interval=2, progress=False, threads=1
@@ -151,3 +154,15 @@ def test_corrupt_and_foreign_files_are_one_line(plastic_run, tmp_path):
 )
 def test_eval_refusals(plastic_run, argv, needle):
     one_line_error(plasticnet("eval", plastic_run, *argv), needle)
+
+
+def test_a_checkpoint_without_input_statistics_has_them_recomputed_from_its_run(plastic_run, tmp_path):
+    recorded = load_run_checkpoint(str(plastic_run))
+    old = tmp_path / "run"
+    old.mkdir()
+    (old / "config.json").write_bytes((plastic_run / "config.json").read_bytes())
+    state = load_checkpoint(str(plastic_run / "best.pt"))
+    save_checkpoint(str(old / "best.pt"), {k: v for k, v in state.items() if k not in INPUT_STATISTICS})
+    recomputed = load_run_checkpoint(str(old))  # as the trainer computed them: the same training split
+    torch.testing.assert_close(recomputed.mean, recorded.mean)
+    torch.testing.assert_close(recomputed.std, recorded.std)
