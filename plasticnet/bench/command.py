@@ -170,6 +170,21 @@ def _overhead_settings(args: argparse.Namespace, device: torch.device) -> dict:
     }
 
 
+def _case_report(report: dict, case: str, target: str, args: argparse.Namespace, settings: dict, rows: list) -> dict:
+    """The JSON document of a case whose rows sit under its own name beside its settings and target."""
+    report.update(
+        {
+            "case": case,
+            "load_after": load_average(),
+            "quick": args.quick,
+            "settings": settings,
+            "targets": {case: target},
+            case: rows,
+        }
+    )
+    return report
+
+
 def _run_overhead(args: argparse.Namespace, device: torch.device, settings: dict) -> dict:
     report = describe(device)
     rows = run_overhead_benchmarks(
@@ -181,17 +196,7 @@ def _run_overhead(args: argparse.Namespace, device: torch.device, settings: dict
         samples=settings["samples"],
         progress=args.progress,
     )
-    report.update(
-        {
-            "case": "overhead",
-            "load_after": load_average(),
-            "quick": args.quick,
-            "settings": settings,
-            "targets": {"overhead": OVERHEAD_TARGET},
-            "overhead": rows,
-        }
-    )
-    return report
+    return _case_report(report, "overhead", OVERHEAD_TARGET, args, settings, rows)
 
 
 def _inference_settings(args: argparse.Namespace, device: torch.device) -> dict:
@@ -207,17 +212,7 @@ def _inference_settings(args: argparse.Namespace, device: torch.device) -> dict:
 def _run_inference(args: argparse.Namespace, device: torch.device, settings: dict) -> dict:
     report = describe(device)
     rows = run_inference_benchmarks(device, settings, progress=args.progress)
-    report.update(
-        {
-            "case": "inference",
-            "load_after": load_average(),
-            "quick": args.quick,
-            "settings": settings,
-            "targets": {"inference": INFERENCE_TARGET},
-            "inference": rows,
-        }
-    )
-    return report
+    return _case_report(report, "inference", INFERENCE_TARGET, args, settings, rows)
 
 
 def _print_ops(report: dict, markdown: bool) -> None:

@@ -20,7 +20,7 @@ from plasticnet.bench.timing import Timing
 OVERHEAD_SHAPE = (2, 64, 4, 4)
 OVERHEAD_KS = (1, 2, 4)
 OVERHEAD_PASSES = ("no_grad_fwd", "fwd_bwd")
-# Targets of issue 14 (fused time / eager time), reported and never asserted: a fused join must not
+# Targets (fused time / eager time; README, "Host overhead"), reported and never asserted: a fused join must not
 # cost more than eager PyTorch's handful of small ops even where no memory traffic is saved.
 MAX_RATIO = {"no_grad_fwd": 1.0, "fwd_bwd": 0.5}
 OVERHEAD_TARGET = (
