@@ -166,3 +166,10 @@ def test_a_checkpoint_without_input_statistics_has_them_recomputed_from_its_run(
     recomputed = load_run_checkpoint(str(old))  # as the trainer computed them: the same training split
     torch.testing.assert_close(recomputed.mean, recorded.mean)
     torch.testing.assert_close(recomputed.std, recorded.std)
+
+
+@pytest.mark.skipif(not HAS_ONNX, reason="onnxruntime or onnxscript missing")
+def test_an_onnx_model_without_plasticnet_metadata_is_one_line(tmp_path):
+    path = tmp_path / "plain.onnx"
+    torch.onnx.export(torch.nn.Linear(3, 2).eval(), (torch.randn(2, 3),), str(path), dynamo=True, verbose=False)
+    one_line_error(plasticnet("eval", path), "its plasticnet metadata is missing or damaged")

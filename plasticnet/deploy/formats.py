@@ -89,11 +89,16 @@ def load_export(path: str) -> Exported:
     raise ExportError(f"{path} is not a plasticnet export (pt2, onnx or state_dict) nor a training checkpoint")
 
 
-def _check_metadata(path: str, text) -> dict:
+def _parse_metadata(path: str, text: str | None) -> dict:
+    """The metadata stored as JSON text in a pt2 or ONNX file (None: the file has none)."""
     try:
-        metadata = json.loads(text)
+        metadata = json.loads(text) if text is not None else None
     except ValueError:
         metadata = None
+    return _check_metadata(path, metadata)
+
+
+def _check_metadata(path: str, metadata) -> dict:
     needed = ("input_shape", "mean", "std", "join", "num_classes", "config")
     if not isinstance(metadata, dict) or any(key not in metadata for key in needed):
         raise ExportError(f"{path}: its plasticnet metadata is missing or damaged; export it again")
@@ -107,7 +112,7 @@ def _load_pt2(path: str) -> Exported:
     except Exception as error:  # torch.export.load raises many types for a damaged archive
         raise ExportError(f"{path} is a damaged pt2 file ({type(error).__name__}); export it again") from None
     module = program.module()
-    return Exported(module, _check_metadata(path, extra[METADATA]), path)
+    return Exported(module, _parse_metadata(path, extra[METADATA]), path)
 
 
 def _load_onnx(path: str) -> Exported:
@@ -116,7 +121,7 @@ def _load_onnx(path: str) -> Exported:
         session = runtime.InferenceSession(path, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime's own exception types for an unreadable model
         raise ExportError(f"{path} is not a readable ONNX model ({type(error).__name__}); export it again") from None
-    metadata = _check_metadata(path, session.get_modelmeta().custom_metadata_map.get("plasticnet"))
+    metadata = _parse_metadata(path, session.get_modelmeta().custom_metadata_map.get("plasticnet"))
     name = session.get_inputs()[0].name
 
     def predict(x: torch.Tensor) -> torch.Tensor:
@@ -132,7 +137,7 @@ def _load_state_dict(path: str) -> Exported:
         raise ExportError(f"{path} is unreadable ({type(error).__name__}); export it again") from None
     if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
         raise ExportError(f"{path} is a torch file, but not a plasticnet export (expected format {STATE_FORMAT!r})")
-    metadata = _check_metadata(path, json.dumps(payload.get("metadata")))
+    metadata = _check_metadata(path, payload.get("metadata"))
     try:
         network = rebuild(metadata, payload["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError, CheckpointError) as error:
