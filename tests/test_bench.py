@@ -107,9 +107,10 @@ def test_overhead_case_reports_ratios_against_its_targets(tmp_path, capsys):
             fused, eager = row[f"{which}_fused_us"], row[f"{which}_eager_us"]
             assert 0 < row[f"{which}_fused_p20_us"] <= fused <= row[f"{which}_fused_p80_us"]
             assert row[f"{which}_ratio"] == pytest.approx(fused / eager)
+        assert row["fwd_bwd_floor_ratio"] == pytest.approx(row["fwd_bwd_floor_us"] / row["fwd_bwd_eager_us"])
         assert row["target"] in ("PASS", "MISS")
     printed = capsys.readouterr().out
-    assert "fwd+bwd fused" in printed and "forward+backward <= 0.5x" in printed
+    assert "engine floor" in printed and "fwd+bwd fused" in printed and "forward+backward <= 0.5x" in printed
     assert main(["bench", "--show", str(path), "--markdown"]) == 0
     assert capsys.readouterr().out.count("| cpu | 2 |") == 1
 

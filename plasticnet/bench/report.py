@@ -133,6 +133,8 @@ def overhead_table(rows: Sequence[dict], *, markdown: bool = False) -> str:
         "fwd+bwd fused",
         "eager",
         "ratio",
+        "engine floor",
+        "floor/eager",
         "target",
     ]
     return format_table(
@@ -147,6 +149,8 @@ def overhead_table(rows: Sequence[dict], *, markdown: bool = False) -> str:
                 _us(r, "fwd_bwd_fused"),
                 _us(r, "fwd_bwd_eager"),
                 _ratio(r["fwd_bwd_ratio"]),
+                _us(r, "fwd_bwd_floor"),
+                _ratio(r["fwd_bwd_floor_ratio"]),
                 r["target"],
             ]
             for r in rows
