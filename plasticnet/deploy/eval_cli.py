@@ -35,11 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _network(args: argparse.Namespace):
     """(predict, training config, mean, std, number of classes, description) of the target."""
-    target = args.target
-    if os.path.isfile(target) and os.path.basename(target) in {name for name in CHECKPOINTS.values()}:
-        target, args.checkpoint = os.path.dirname(target) or ".", os.path.basename(target).removesuffix(".pt")
+    target, checkpoint = args.target, args.checkpoint
+    if os.path.isfile(target) and os.path.basename(target) in set(CHECKPOINTS.values()):
+        target, checkpoint = os.path.dirname(target) or ".", os.path.basename(target).removesuffix(".pt")
     if os.path.isdir(target):
-        loaded = load_run_checkpoint(target, args.checkpoint)
+        loaded = load_run_checkpoint(target, checkpoint)
         description = f"{loaded.path} (epoch {loaded.epoch})"
         return loaded.model, loaded.config, loaded.mean, loaded.std, loaded.num_classes, description
     exported = load_export(target)

@@ -222,7 +222,6 @@ class Trainer:
     def _active_paths(self) -> list[list[int]]:
         return [list(p) for p in self.model.active_paths()]
 
-    @torch.no_grad()
     def evaluate(self, split: str = "test") -> tuple[float, float]:
         """Loss and accuracy over the whole "test" or "validation" split (each rank takes a shard)."""
         self.model.eval()
