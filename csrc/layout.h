@@ -80,8 +80,6 @@ inline at::ScalarType accumulate_type(const at::Tensor& x) {
   return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-
-
 // A forward call's operands, checked and in one flat layout, with its output allocated.
 struct ForwardOperands {
   at::Tensor x;
@@ -130,8 +128,7 @@ inline BackwardOperands prepare_backward(const at::Tensor& grad_out, const at::T
   std::vector<at::Tensor> grad_branches;
   grad_branches.reserve(branches.size());
   for (size_t k = 0; k < branches.size(); ++k) grad_branches.push_back(at::empty_like(flat_out));
-  auto contributions =
-      at::empty({static_cast<int64_t>(branches.size())}, out.options().dtype(accumulate_type(out)));
+  auto contributions = at::empty({static_cast<int64_t>(branches.size())}, out.options().dtype(acc));
   return {std::move(flat_grad_out), std::move(flat_out), std::move(flat_branches), gates.to(acc), mask.to(acc), act,
           std::move(grad_x), std::move(grad_branches), std::move(contributions)};
 }
