@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from plasticnet.bench.ops import OpCase, OpWorkload, check_backends, rotation_sets
+from plasticnet.bench.overhead import OverheadWorkload
 from plasticnet.bench.report import op_target, train_step_target
 from plasticnet.bench.settings import PRESETS, BenchSettings
 from plasticnet.bench.timing import Timing, measure
 from plasticnet.cli import main
+from plasticnet.ops import residual_aggregate
 
 RESULT_KEYS = {
     "backend",
@@ -107,10 +109,13 @@ def test_overhead_case_reports_ratios_against_its_targets(tmp_path, capsys):
             fused, eager = row[f"{which}_fused_us"], row[f"{which}_eager_us"]
             assert 0 < row[f"{which}_fused_p20_us"] <= fused <= row[f"{which}_fused_p80_us"]
             assert row[f"{which}_ratio"] == pytest.approx(fused / eager)
-        assert row["fwd_bwd_floor_ratio"] == pytest.approx(row["fwd_bwd_floor_us"] / row["fwd_bwd_eager_us"])
+        for bound in ("floor", "native") if row["K"] == 1 else ("floor",):
+            assert row[f"fwd_bwd_{bound}_ratio"] == pytest.approx(row[f"fwd_bwd_{bound}_us"] / row["fwd_bwd_eager_us"])
+        assert ("fwd_bwd_native_us" in row) == (row["K"] == 1)  # no single native op joins two branches
         assert row["target"] in ("PASS", "MISS")
     printed = capsys.readouterr().out
-    assert "engine floor" in printed and "fwd+bwd fused" in printed and "forward+backward <= 0.5x" in printed
+    assert "engine floor" in printed and "native 1-op" in printed and "fwd+bwd fused" in printed
+    assert "forward+backward <= 0.5x" in printed
     assert main(["bench", "--show", str(path), "--markdown"]) == 0
     assert capsys.readouterr().out.count("| cpu | 2 |") == 1
 
@@ -239,3 +244,15 @@ def test_targets():
     assert train_step_target({"model": "plastic", "vs_static": 0.92}) == "PASS"
     assert train_step_target({"model": "plastic", "vs_static": 0.90}) == "MISS"
     assert train_step_target({"model": "static", "vs_static": 1.0}) is None
+
+
+def test_native_join_is_the_same_join_as_the_fused_one_at_k1():
+    # With the mask at 1 and no relu, addcmul's forward+backward is the fused op's: the bound times
+    # the same work, not a cheaper stand-in. Two branches have no single native op.
+    workload = OverheadWorkload(1, "eager", torch.device("cpu"))
+    fused = residual_aggregate(workload.x, workload.branches, workload.gates, workload.mask, activation="none")
+    native = torch.addcmul(workload.x, workload.branches[0], workload.gates)
+    torch.testing.assert_close(native, fused)
+    workload.native_join()
+    with pytest.raises(ValueError, match="native_join: a join of one branch, got 2"):
+        OverheadWorkload(2, "eager", torch.device("cpu")).native_join()

@@ -120,6 +120,8 @@ def train_step_table(rows: Sequence[dict], *, markdown: bool = False) -> str:
 
 
 def _us(row: dict, prefix: str) -> str:
+    if f"{prefix}_us" not in row:
+        return "-"
     return f"{row[f'{prefix}_us']:.1f} ({row[f'{prefix}_p20_us']:.1f}-{row[f'{prefix}_p80_us']:.1f})"
 
 
@@ -135,6 +137,8 @@ def overhead_table(rows: Sequence[dict], *, markdown: bool = False) -> str:
         "ratio",
         "engine floor",
         "floor/eager",
+        "native 1-op",
+        "native/eager",
         "target",
     ]
     return format_table(
@@ -151,6 +155,8 @@ def overhead_table(rows: Sequence[dict], *, markdown: bool = False) -> str:
                 _ratio(r["fwd_bwd_ratio"]),
                 _us(r, "fwd_bwd_floor"),
                 _ratio(r["fwd_bwd_floor_ratio"]),
+                _us(r, "fwd_bwd_native"),
+                _ratio(r.get("fwd_bwd_native_ratio")),
                 r["target"],
             ]
             for r in rows
