@@ -75,28 +75,34 @@ def residual_aggregate(
     Differentiable to any order. A branch, gates or mask may be an inference tensor wherever
     the reference accepts one: autograd saves the branches only when gates or mask need a grad.
     """
-    if not isinstance(branches, (list, tuple)):
-        raise TypeError(f"branches: expected a list or tuple of Tensors, got {type(branches).__name__}")
     if slots is not None and scores is None:
         raise ValueError("slots: given without scores; slots say which slot of `scores` each branch feeds")
-    check_types(x, branches, gates, mask)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x: expected a Tensor, got {type(x).__name__}")
     backend = resolve_backend(backend, x.device)
+    if backend == "reference" or scores is not None:
+        check_types(branches, gates, mask)
     if backend == "reference":
         check_inputs(x, branches, gates, mask, activation)
-    # The ops check the rest themselves (csrc/layout.h, the Triton launchers, the fake kernels), in
-    # the same words: checking here as well would cost a small join as much as its kernel.
     if scores is not None:
         gates = scores.tap(gates, slots)
     if backend == "reference":
         return residual_aggregate_reference(x, branches, gates, mask, activation)
-    op = _OPS[backend]
-    return op(x, branches, gates, mask, activation)
+    # The ops check their operands themselves (csrc/layout.h, the Triton launchers, the fake kernels), in
+    # the same words: checking here as well would cost a small join as much as its kernel. Only an
+    # operand that is no Tensor, which the dispatcher refuses in words that name no argument, is named
+    # here, once the call has failed.
+    try:
+        return _OPS[backend](x, branches, gates, mask, activation)
+    except (TypeError, RuntimeError):
+        check_types(branches, gates, mask)
+        raise
 
 
-def check_types(x, branches, gates, mask) -> None:
+def check_types(branches, gates, mask) -> None:
     """What the dispatcher would refuse in words that name no argument: operands that are no Tensors."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x: expected a Tensor, got {type(x).__name__}")
+    if not isinstance(branches, (list, tuple)):
+        raise TypeError(f"branches: expected a list or tuple of Tensors, got {type(branches).__name__}")
     for k, h in enumerate(branches):
         if not isinstance(h, torch.Tensor):
             raise TypeError(f"branches[{k}]: expected a Tensor, got {type(h).__name__}")
