@@ -52,7 +52,6 @@ class ResidualAggregate : public torch::autograd::Function<ResidualAggregate> {
     if (gates.requires_grad() || mask.requires_grad()) saved.insert(saved.end(), branches.begin(), branches.end());
     ctx->save_for_backward(saved);
     ctx->saved_data["activation"] = std::string(activation);
-    ctx->saved_data["num_branches"] = static_cast<int64_t>(branches.size());
     return out;
   }
 
@@ -61,11 +60,10 @@ class ResidualAggregate : public torch::autograd::Function<ResidualAggregate> {
     const auto& out = saved[0];
     const auto& gates = saved[1];
     const auto& mask = saved[2];
-    const auto num_branches = ctx->saved_data["num_branches"].toInt();
+    const auto num_branches = gates.size(0);
     const auto activation = ctx->saved_data["activation"].toStringRef();
-    // Without saved branches no c is wanted: `out` stands in for each, with the right shape.
-    const auto branches = saved.size() > 3 ? std::vector<at::Tensor>(saved.begin() + 3, saved.end())
-                                           : std::vector<at::Tensor>(num_branches, out);
+    // Without saved branches no c is wanted: the backward op, given none, computes none.
+    const std::vector<at::Tensor> branches(saved.begin() + 3, saved.end());
     BackwardResult result;
     if (at::GradMode::is_enabled()) {  // create_graph: the backward op's own autograd records the graph
       result = backward_op().call(grad_outputs[0], out, branches, gates, mask, activation);
@@ -78,7 +76,8 @@ class ResidualAggregate : public torch::autograd::Function<ResidualAggregate> {
     grads.reserve(num_branches + 4);
     grads.push_back(std::move(grad_x));
     for (auto& grad : grad_branches) grads.push_back(std::move(grad));
-    // Input edges count only the tensors: x, the K branches, then gates and mask.
+    // Input edges count only the tensors: x, the K branches, then gates and mask. Either needing a
+    // gradient means it required one in the forward, which then saved the branches for c.
     const auto acc = contributions.scalar_type();
     grads.push_back(ctx->needs_input_grad(num_branches + 1) ? mask.to(acc).mul(contributions).to(gates.scalar_type())
                                                             : at::Tensor());

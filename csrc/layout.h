@@ -54,15 +54,16 @@ inline void check_like(const char* op, const char* name, int64_t index, const at
                     "'s device ", ref.device(), ", got ", t.device());
 }
 
-// x_name: what the caller calls x (the backward checks its `out` against the same contract).
-inline void check_operands(const char* op, const at::Tensor& x, at::TensorList branches,
+// K: the number of branches, which gates and mask must match; `branches` holds K tensors, or none where
+// the caller allows it (the backward without contributions). x_name: what the caller calls x (the
+// backward checks its `out` against the same contract).
+inline void check_operands(const char* op, const at::Tensor& x, at::TensorList branches, int64_t K,
                            const at::Tensor& gates, const at::Tensor& mask, const char* x_name = "x") {
-  const int64_t K = static_cast<int64_t>(branches.size());
   const auto dtype = x.scalar_type();
   // The kernels are instantiated for exactly these; other floating types (fp8) must not reach them.
   TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16, op,
                    ": ", x_name, ": expected dtype float32, bfloat16, float16 or float64, got ", dtype);
-  for (int64_t k = 0; k < K; ++k) {
+  for (int64_t k = 0; k < static_cast<int64_t>(branches.size()); ++k) {
     check_like(op, "branches", k, branches[k], x_name, x);
   }
   for (const auto* v : {&gates, &mask}) {
@@ -93,7 +94,7 @@ struct ForwardOperands {
 
 inline ForwardOperands prepare_forward(const at::Tensor& x, at::TensorList branches, const at::Tensor& gates,
                                        const at::Tensor& mask, c10::string_view activation) {
-  check_operands("residual_aggregate", x, branches, gates, mask);
+  check_operands("residual_aggregate", x, branches, static_cast<int64_t>(branches.size()), gates, mask);
   const auto act = parse_activation(std::string(activation));
   auto flat_x = flat_reference(x);
   auto flat_branches = in_layout(branches, flat_x);
@@ -105,19 +106,23 @@ inline ForwardOperands prepare_forward(const at::Tensor& x, at::TensorList branc
 // A backward call's operands, checked and in out's flat layout, with its outputs allocated.
 struct BackwardOperands {
   at::Tensor grad_out, out;
-  std::vector<at::Tensor> branches;
+  std::vector<at::Tensor> branches;  // the K branches, or none when no contribution is wanted
   at::Tensor gates, mask;  // in the accumulation dtype, as in ForwardOperands
   Activation activation;
   at::Tensor grad_x;
   std::vector<at::Tensor> grad_branches;
-  at::Tensor contributions;  // (K,), accumulation dtype
+  at::Tensor contributions;  // (K,) in the accumulation dtype, or (0,) when no contribution is wanted
 };
 
 inline BackwardOperands prepare_backward(const at::Tensor& grad_out, const at::Tensor& out, at::TensorList branches,
                                          const at::Tensor& gates, const at::Tensor& mask,
                                          c10::string_view activation) {
   constexpr const char* op = "residual_aggregate_backward";
-  check_operands(op, out, branches, gates, mask, "out");
+  // Without branches, no contribution is wanted, and gates say how many branches there were.
+  TORCH_CHECK_VALUE(!branches.empty() || gates.dim() == 1, op,
+                    ": gates: expected shape (K,) (one per branch), got ", gates.sizes());
+  const int64_t K = branches.empty() ? gates.size(0) : static_cast<int64_t>(branches.size());
+  check_operands(op, out, branches, K, gates, mask, "out");
   check_like(op, "grad_out", -1, grad_out, "out", out);
   const auto act = parse_activation(std::string(activation));
   auto flat_out = flat_reference(out);
@@ -126,8 +131,8 @@ inline BackwardOperands prepare_backward(const at::Tensor& grad_out, const at::T
   const auto acc = accumulate_type(out);
   auto grad_x = at::empty_like(flat_out);
   std::vector<at::Tensor> grad_branches;
-  grad_branches.reserve(branches.size());
-  for (size_t k = 0; k < branches.size(); ++k) grad_branches.push_back(at::empty_like(flat_out));
+  grad_branches.reserve(K);
+  for (int64_t k = 0; k < K; ++k) grad_branches.push_back(at::empty_like(flat_out));
   auto contributions = at::empty({static_cast<int64_t>(branches.size())}, out.options().dtype(acc));
   return {std::move(flat_grad_out), std::move(flat_out), std::move(flat_branches), gates.to(acc), mask.to(acc), act,
           std::move(grad_x), std::move(grad_branches), std::move(contributions)};

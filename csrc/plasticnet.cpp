@@ -22,6 +22,9 @@ TORCH_LIBRARY(plasticnet, m) {
   // Returns (grad_x, grad_branches, contributions) where, with dz = grad_out * act'(out):
   //   grad_x = dz, grad_branches[k] = mask[k]*gates[k]*dz, contributions[k] = sum(dz * branches[k]).
   // `out` is the forward's result (relu' is read off it). contributions: fp32 (fp64 for fp64 inputs).
+  // K is the length of gates and mask. `branches` are the forward's K branches, or an empty list when
+  // no contribution is wanted (no gate or mask needs a gradient): no branch is then read and
+  // contributions is empty, while grad_branches still holds K gradients.
   m.def(
       "residual_aggregate_backward(Tensor grad_out, Tensor out, Tensor[] branches, Tensor gates, Tensor mask, "
       "str activation) -> (Tensor, Tensor[], Tensor)");

@@ -101,6 +101,9 @@ BACKWARD_CASES = [
 ] + [
     ("grad_out-shape", lambda a: {"grad_out": torch.randn(3, 4)}, ValueError, "grad_out"),
     ("grad_out-dtype", lambda a: {"grad_out": a["x"].double()}, TypeError, "grad_out"),
+    # Without branches (no contribution wanted) the gates give K, so they must be one-dimensional.
+    ("no-branches-gates-2d", lambda a: {"branches": [], "gates": torch.ones(2, 1)}, ValueError, "gates"),
+    ("no-branches-mask-too-long", lambda a: {"branches": [], "mask": torch.ones(3)}, ValueError, "mask"),
 ]
 
 

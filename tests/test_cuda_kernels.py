@@ -69,6 +69,11 @@ def _assert_ops_match_reference(x, branches, gates, mask, grad_out, activation="
     # fp32 sums of ~4.5k terms of size ~1.
     fp32_sum = {} if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(contributions, oracle_contributions.to(contributions.dtype), **fp32_sum)
+    # No contribution wanted: no branch given or read (nor its alignment counted), the same gradients bit for bit.
+    alone_x, alone_branches, no_contributions = backward_op(grad_out, out, [], gates, mask, activation)
+    assert no_contributions.shape == (0,)
+    torch.testing.assert_close(alone_x, grad_x, rtol=0, atol=0)
+    torch.testing.assert_close(alone_branches, grad_branches, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("misaligned", ("x", "one branch", "everything"))

@@ -11,7 +11,12 @@ from typing import NamedTuple
 import pytest
 import torch
 
-from plasticnet.ops import available_backends, residual_aggregate, residual_aggregate_reference
+from plasticnet.ops import (
+    available_backends,
+    residual_aggregate,
+    residual_aggregate_backward_reference,
+    residual_aggregate_reference,
+)
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 ACTIVATIONS = ("relu", "none")
@@ -325,6 +330,28 @@ def test_opcheck(subject, sample):
     # Inputs that require grad: the backward op has an autograd formula of its own (second order).
     grad_out = torch.randn_like(out).requires_grad_()
     torch.library.opcheck(backward, (grad_out, out, branches, gates, mask, case.activation))
+    # No contribution wanted: no branches, and gates say how many gradients to return.
+    torch.library.opcheck(backward, (grad_out, out, [], gates, mask, case.activation))
+
+
+@pytest.mark.parametrize("subject", SUBJECTS, ids=_subject_id)
+def test_backward_without_branches_computes_no_contributions(subject, poisoned_allocations):
+    # What the forward's autograd asks for when no gate or mask needs a gradient: the same branch
+    # gradients, bit for bit, and no contribution (the kernels read no branch).
+    backend, device = subject
+    _, backward = _op_family(backend)
+    case = Case(backend, device, (3, 5, 7), torch.float32, "contiguous", 3, "relu")
+    out, *branches, gates, mask = [t.detach() for t in _inputs(case)]
+    grad_out = torch.randn_like(out)
+    grad_x, grad_branches, contributions = backward(grad_out, out, [], gates, mask, "relu")
+    want_x, want_branches, want_contributions = backward(grad_out, out, branches, gates, mask, "relu")
+    assert contributions.shape == (0,) and contributions.dtype == want_contributions.dtype
+    assert len(grad_branches) == len(want_branches) == 3
+    for actual, expected in zip([grad_x, *grad_branches], [want_x, *want_branches]):
+        torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+    ref_x, ref_branches, ref_contributions = residual_aggregate_backward_reference(grad_out, out, [], gates, mask)
+    torch.testing.assert_close(grad_x, ref_x)
+    assert ref_contributions.shape == (0,) and len(ref_branches) == 3
 
 
 @pytest.mark.parametrize("subject", SUBJECTS, ids=_subject_id)

@@ -142,15 +142,16 @@ void forward_kernel(const at::Tensor& x, const std::vector<at::Tensor>& branches
   });
 }
 
-// Writes grad_x and grad_branches, and returns the per-chunk partials of c_k as a
-// (num_chunks, K) row-major array.
+// Writes grad_x and grad_branches, and returns the per-chunk partials of c_k as a (num_chunks, C)
+// row-major array: C = K with the branches given, 0 (nothing read, nothing summed) without them.
 template <typename scalar_t>
 std::vector<double> backward_kernel(const at::Tensor& grad_out, const at::Tensor& out,
                                     const std::vector<at::Tensor>& branches, const at::Tensor& gates,
                                     const at::Tensor& mask, Activation activation, at::Tensor& grad_x,
                                     std::vector<at::Tensor>& grad_branches) {
   using L = Lanes<scalar_t>;
-  const int64_t K = static_cast<int64_t>(branches.size());
+  const int64_t K = static_cast<int64_t>(grad_branches.size());
+  const int64_t C = static_cast<int64_t>(branches.size());
   const int64_t numel = out.numel();
   const auto h = data_pointers<scalar_t>(branches);
   const auto s = broadcast_scales<scalar_t>(gates, mask);
@@ -162,11 +163,11 @@ std::vector<double> backward_kernel(const at::Tensor& grad_out, const at::Tensor
   scalar_t* grad_x_data = grad_x.mutable_data_ptr<scalar_t>();
   const bool relu = activation == Activation::kRelu;
   const typename L::Vec zero(0);
-  std::vector<double> partials(num_chunks(numel) * K, 0.0);
+  std::vector<double> partials(num_chunks(numel) * C, 0.0);
 
   for_each_chunk(numel, [&](int64_t chunk, int64_t begin, int64_t end) {
-    std::vector<typename L::Pack> acc(K);
-    double* partial = partials.data() + chunk * K;
+    std::vector<typename L::Pack> acc(C);
+    double* partial = partials.data() + chunk * C;
     for (int64_t block = begin; block < end; block += kBlock) {
       const int64_t block_end = std::min(end, block + kBlock);
       std::fill(acc.begin(), acc.end(), typename L::Pack{});
@@ -180,17 +181,17 @@ std::vector<double> backward_kernel(const at::Tensor& grad_out, const at::Tensor
           for (int p = 0; p < L::kParts; ++p) dz[p] = L::Vec::blendv(dz[p], zero, o[p] <= zero);
         }
         L::store(grad_x_data + i, dz, n);
-        for (int64_t k = 0; k < K; ++k) {
+        for (int64_t k = 0; k < C; ++k) {
           const auto hk = L::load(h[k] + i, n);
+          for (int p = 0; p < L::kParts; ++p) acc[k][p] = at::vec::fmadd(dz[p], hk[p], acc[k][p]);
+        }
+        for (int64_t k = 0; k < K; ++k) {
           typename L::Pack grad_hk;
-          for (int p = 0; p < L::kParts; ++p) {
-            acc[k][p] = at::vec::fmadd(dz[p], hk[p], acc[k][p]);
-            grad_hk[p] = dz[p] * s[k];
-          }
+          for (int p = 0; p < L::kParts; ++p) grad_hk[p] = dz[p] * s[k];
           L::store(grad_h[k] + i, grad_hk, n);
         }
       }
-      for (int64_t k = 0; k < K; ++k) partial[k] += L::sum(acc[k]);
+      for (int64_t k = 0; k < C; ++k) partial[k] += L::sum(acc[k]);
     }
   });
   return partials;
@@ -209,16 +210,16 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> residual_aggregate_b
     const at::Tensor& grad_out, const at::Tensor& out, at::TensorList branches, const at::Tensor& gates,
     const at::Tensor& mask, c10::string_view activation) {
   auto ops = prepare_backward(grad_out, out, branches, gates, mask, activation);
-  const int64_t K = static_cast<int64_t>(branches.size());
+  const int64_t C = ops.contributions.numel();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "residual_aggregate_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto partials = backward_kernel<scalar_t>(ops.grad_out, ops.out, ops.branches, ops.gates, ops.mask,
                                                     ops.activation, ops.grad_x, ops.grad_branches);
     auto* c = ops.contributions.mutable_data_ptr<acc_t>();
     const int64_t chunks = num_chunks(out.numel());
-    for (int64_t k = 0; k < K; ++k) {
+    for (int64_t k = 0; k < C; ++k) {
       double total = 0;
-      for (int64_t chunk = 0; chunk < chunks; ++chunk) total += partials[chunk * K + k];
+      for (int64_t chunk = 0; chunk < chunks; ++chunk) total += partials[chunk * C + k];
       c[k] = static_cast<acc_t>(total);
     }
   });

@@ -73,21 +73,24 @@ __global__ void __launch_bounds__(kThreads)
 // ---- backward ----
 
 // One pack of the backward: dz = out <= 0 ? 0 : grad_out (relu) or grad_out, grad_x = dz (when
-// grad_x is given), grad_branches[k] = scale[k] * dz, contribution[k] += sum(dz * branches[k]).
+// grad_x is given), grad_branches[k] = scale[k] * dz, and with `contributions` (uniform over the grid)
+// contribution[k] += sum(dz * branches[k]); without it no branch is read.
 // Every load (grad_out, out, each branch) is issued before the first store.
 template <int kVec, bool kRelu, int kBranches, typename scalar_t, typename acc_t>
 __device__ __forceinline__ void backward_pack(int64_t pack, const scalar_t* grad_out, const scalar_t* out,
                                               const PointerTable<const scalar_t>& branches,
                                               const PointerTable<scalar_t>& grad_branches,
                                               const acc_t (&scale)[slots<kBranches>()], scalar_t* grad_x,
-                                              acc_t (&contribution)[slots<kBranches>()]) {
+                                              bool contributions, acc_t (&contribution)[slots<kBranches>()]) {
   acc_t dz[kVec];
   load_pack<kVec>(grad_out, pack, dz);
   acc_t y[kVec];
   if constexpr (kRelu) load_pack<kVec>(out, pack, y);
   acc_t h[slots<kBranches>()][kVec];
+  if (contributions) {
 #pragma unroll
-  for (int k = 0; k < kBranches; ++k) load_pack<kVec>(branches.ptr[k], pack, h[k]);
+    for (int k = 0; k < kBranches; ++k) load_pack<kVec>(branches.ptr[k], pack, h[k]);
+  }
   if constexpr (kRelu) {
     // torch.relu's rule, so the gradient passes where out is NaN. A select, not a multiply by the 0/1
     // mask: a non-finite grad_out where relu is off gives 0, as in torch (inf * 0 would make NaN).
@@ -99,16 +102,17 @@ __device__ __forceinline__ void backward_pack(int64_t pack, const scalar_t* grad
   for (int k = 0; k < kBranches; ++k) {
     acc_t dh[kVec];
 #pragma unroll
-    for (int j = 0; j < kVec; ++j) {
-      dh[j] = scale[k] * dz[j];
-      contribution[k] += dz[j] * h[k][j];
+    for (int j = 0; j < kVec; ++j) dh[j] = scale[k] * dz[j];
+    if (contributions) {
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) contribution[k] += dz[j] * h[k][j];
     }
     store_pack<kVec>(grad_branches.ptr[k], pack, dh);
   }
 }
 
-// partials: row k (stride gridDim.x) receives this block's share of contribution k. Only the pointers
-// the kernel never writes through are __restrict__ (see load_pack).
+// partials: row k (stride gridDim.x) receives this block's share of contribution k; null when no
+// contribution is wanted. Only the pointers the kernel never writes through are __restrict__ (see load_pack).
 template <typename scalar_t, int kVec, bool kRelu, int kBranches>
 __global__ void __launch_bounds__(kThreads)
     backward_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ out,
@@ -121,15 +125,18 @@ __global__ void __launch_bounds__(kThreads)
   acc_t contribution[slots<kBranches>()];
 #pragma unroll
   for (int k = 0; k < slots<kBranches>(); ++k) contribution[k] = acc_t(0);
+  const bool contributions = partials != nullptr;
   grid_stride<kVec>(
       n,
       [&](int64_t p) {
-        backward_pack<kVec, kRelu, kBranches>(p, grad_out, out, branches, grad_branches, scale, grad_x, contribution);
+        backward_pack<kVec, kRelu, kBranches>(p, grad_out, out, branches, grad_branches, scale, grad_x, contributions,
+                                              contribution);
       },
       [&](int64_t i) {
-        backward_pack<1, kRelu, kBranches>(i, grad_out, out, branches, grad_branches, scale, grad_x, contribution);
+        backward_pack<1, kRelu, kBranches>(i, grad_out, out, branches, grad_branches, scale, grad_x, contributions,
+                                           contribution);
       });
-  block_sum_store(contribution, kBranches, partials + blockIdx.x, gridDim.x);
+  if (contributions) block_sum_store(contribution, kBranches, partials + blockIdx.x, gridDim.x);
 }
 
 // Second stage of the contributions: block k sums row k of partials in a fixed order.
@@ -193,7 +200,8 @@ void launch_backward(const at::Tensor& grad_out, const at::Tensor& out, const st
                      std::vector<at::Tensor>& grad_branches, at::Tensor& contributions) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t n = out.numel();
-  const int64_t K = static_cast<int64_t>(branches.size());
+  const int64_t K = static_cast<int64_t>(grad_branches.size());
+  const bool wants_contributions = !branches.empty();  // else no branch is given, read or summed
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const auto groups = branch_groups(K);
   // One grid for every group, sized for the first (the widest) kernel, so the partials are one
@@ -202,8 +210,8 @@ void launch_backward(const at::Tensor& grad_out, const at::Tensor& out, const st
   with_branch_count(groups.front(), [&](auto count) {
     blocks = grid_size<backward_kernel<scalar_t, kVec, kRelu, decltype(count)::value>>(n / kVec);
   });
-  const at::Tensor partials = at::empty({K, blocks}, contributions.options());
-  acc_t* partials_ptr = partials.mutable_data_ptr<acc_t>();
+  const at::Tensor partials = at::empty({wants_contributions ? K : 0, blocks}, contributions.options());
+  acc_t* partials_ptr = wants_contributions ? partials.mutable_data_ptr<acc_t>() : nullptr;
   int64_t first = 0;
   for (const int group : groups) {
     // Later groups read dz from grad_x, with the activation already applied (masking never rounds).
@@ -211,7 +219,7 @@ void launch_backward(const at::Tensor& grad_out, const at::Tensor& out, const st
     const scalar_t* incoming = is_first ? grad_out.const_data_ptr<scalar_t>() : grad_x.const_data_ptr<scalar_t>();
     with_branch_count(group, [&](auto count) {
       constexpr int kCount = decltype(count)::value;
-      const auto table = pointer_table<const scalar_t>(branches, first, group);
+      const auto table = pointer_table<const scalar_t>(branches, first, wants_contributions ? group : 0);
       const auto grad_table = pointer_table<scalar_t>(grad_branches, first, group);
       scalar_t* grad_x_ptr = is_first ? grad_x.mutable_data_ptr<scalar_t>() : nullptr;
       if (is_first) {
@@ -220,13 +228,13 @@ void launch_backward(const at::Tensor& grad_out, const at::Tensor& out, const st
       } else {
         backward_kernel<scalar_t, kVec, false, kCount><<<blocks, kThreads, 0, stream>>>(
             incoming, out.const_data_ptr<scalar_t>(), table, grad_table, scales.from(first), grad_x_ptr,
-            partials_ptr + first * blocks, n);
+            wants_contributions ? partials_ptr + first * blocks : nullptr, n);
       }
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     first += group;
   }
-  if (K > 0) {
+  if (wants_contributions && K > 0) {
     sum_partials_kernel<acc_t><<<static_cast<unsigned int>(K), kThreads, 0, stream>>>(
         partials_ptr, blocks, contributions.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -32,10 +32,11 @@ def residual_aggregate_reference(x, branches, gates, mask, activation: str = "re
 
 
 def residual_aggregate_backward_reference(grad_out, out, branches, gates, mask, activation: str = "relu"):
-    """(grad_x, grad_branches, contributions) exactly as the backward kernels define them."""
+    """(grad_x, grad_branches, contributions) exactly as the backward kernels define them: K (gates'
+    length) branch gradients; contributions from `branches`, none when it is empty (none wanted)."""
     acc = accumulate_dtype(out.dtype)
     dz = (relu_backward(grad_out, out) if activation == "relu" else grad_out).to(acc)
     scales = mask.to(acc) * gates.to(acc)
-    grad_branches = [(scales[k] * dz).to(out.dtype) for k in range(len(branches))]
+    grad_branches = [(scales[k] * dz).to(out.dtype) for k in range(gates.shape[0])]
     contributions = torch.stack([(dz * h.to(acc)).sum() for h in branches]) if branches else dz.new_zeros(0)
     return dz.to(out.dtype), grad_branches, contributions

@@ -27,9 +27,11 @@ def check_like(name: str, t, reference_name: str, reference: torch.Tensor) -> No
         raise ValueError(f"{name}: expected {reference_name}'s device {reference.device}, got {t.device}")
 
 
-def check_inputs(x, branches, gates, mask, activation, x_name: str = "x") -> None:
+def check_inputs(x, branches, gates, mask, activation, x_name: str = "x", num_branches: int | None = None) -> None:
     """Raise TypeError/ValueError naming the argument, what it got and what was expected.
-    x_name: what the caller calls x (the backward checks its `out` against the same contract)."""
+    x_name: what the caller calls x (the backward checks its `out` against the same contract).
+    num_branches: the K that gates and mask must match, when `branches` may be empty (default: len(branches))."""
+    K = len(branches) if num_branches is None else num_branches
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{x_name}: expected a Tensor, got {type(x).__name__}")
     if x.dtype not in _FLOAT_DTYPES:
@@ -38,11 +40,11 @@ def check_inputs(x, branches, gates, mask, activation, x_name: str = "x") -> Non
         check_like(f"branches[{k}]", h, x_name, x)
     for name, v in (("gates", gates), ("mask", mask)):
         if not isinstance(v, torch.Tensor):
-            raise TypeError(f"{name}: expected a Tensor of shape ({len(branches)},), got {type(v).__name__}")
+            raise TypeError(f"{name}: expected a Tensor of shape ({K},), got {type(v).__name__}")
         if not v.is_floating_point():
             raise TypeError(f"{name}: expected a floating dtype, got {v.dtype}")
-        if v.shape != (len(branches),):
-            raise ValueError(f"{name}: expected shape ({len(branches)},) (one per branch), got {tuple(v.shape)}")
+        if v.shape != (K,):
+            raise ValueError(f"{name}: expected shape ({K},) (one per branch), got {tuple(v.shape)}")
         if v.device != x.device:
             raise ValueError(f"{name}: expected {x_name}'s device {x.device}, got {v.device}")
     if activation not in ACTIVATIONS:
@@ -135,19 +137,30 @@ def _fake_forward(x, branches, gates, mask, activation):
     return torch.empty_like(x)
 
 
+def backward_branch_count(branches, gates) -> int:
+    """The backward's K: its branches' count, or gates' length when it is given none (no contribution
+    wanted), in the words of the compiled kernels' check when gates cannot say."""
+    if branches or not isinstance(gates, torch.Tensor):  # check_inputs names a gates that is no Tensor
+        return len(branches)
+    if gates.dim() != 1:
+        raise ValueError(f"gates: expected shape (K,) (one per branch), got {tuple(gates.shape)}")
+    return gates.shape[0]
+
+
 def _fake_backward(grad_out, out, branches, gates, mask, activation):
-    check_inputs(out, branches, gates, mask, activation, x_name="out")
+    K = backward_branch_count(branches, gates)
+    check_inputs(out, branches, gates, mask, activation, x_name="out", num_branches=K)
     check_like("grad_out", grad_out, "out", out)
     return (
         torch.empty_like(out),
-        [torch.empty_like(out) for _ in branches],
+        [torch.empty_like(out) for _ in range(K)],
         out.new_empty((len(branches),), dtype=accumulate_dtype(out.dtype)),
     )
 
 
 def _setup_context(ctx, inputs, output):
     x, branches, gates, mask, activation = inputs
-    ctx.activation, ctx.num_branches = activation, len(branches)
+    ctx.activation = activation
     # The branches serve only the contributions c, i.e. grad gates and grad mask: saved only then, as the
     # reference's autograd saves them, so that an inference tensor (which autograd cannot save) is a valid
     # branch exactly where it is in the reference. gates and mask are K scalars: an inference one is copied.
@@ -158,9 +171,8 @@ def _setup_context(ctx, inputs, output):
 
 def _make_backward(backward_op):
     def backward(ctx, grad_out):
+        # Without saved branches no c is wanted: the backward op, given none, computes none.
         out, gates, mask, *branches = ctx.saved_tensors
-        if not ctx.wants_contributions:
-            branches = [out] * ctx.num_branches  # stand-ins of the right shape: their c is not used
         grad_x, grad_branches, contributions = backward_op(grad_out, out, branches, gates, mask, ctx.activation)
         if not ctx.wants_contributions:
             return grad_x, list(grad_branches), None, None, None
@@ -182,12 +194,14 @@ def _backward_of_backward(ctx, grad_grad_x, grad_grad_branches, grad_contributio
     are linear in dz, which is grad_out through relu'. relu' is piecewise constant, so `out`
     gets no gradient (as through torch.relu's own backward). Plain PyTorch, so torch
     differentiates it again for any higher order."""
-    out, dz, gates, mask, *branches = ctx.saved_tensors
+    out, dz, gates, mask, *branches = ctx.saved_tensors  # no branches: no contributions were formed
     acc = accumulate_dtype(out.dtype)
     scales = mask.to(acc) * gates.to(acc)
     grad_dz = grad_grad_x.to(acc)
+    for k, grad_grad_h in enumerate(grad_grad_branches):
+        grad_dz = grad_dz + scales[k] * grad_grad_h.to(acc)
     for k, h in enumerate(branches):
-        grad_dz = grad_dz + scales[k] * grad_grad_branches[k].to(acc) + grad_contributions[k] * h.to(acc)
+        grad_dz = grad_dz + grad_contributions[k] * h.to(acc)
     grad_dz = grad_dz.to(out.dtype)
     grad_grad_out = relu_backward(grad_dz, out) if ctx.activation == "relu" else grad_dz
     dz = dz.to(acc)

@@ -25,7 +25,7 @@ from torch.library import wrap_triton
 
 from plasticnet.ops.backends import triton_interpreted
 from plasticnet.ops.reference import accumulate_dtype
-from plasticnet.ops.residual_aggregate import check_inputs, check_like
+from plasticnet.ops.residual_aggregate import backward_branch_count, check_inputs, check_like
 
 MAX_BRANCHES_PER_PASS = 8
 
@@ -83,24 +83,26 @@ def _scaled_branch(k: tl.constexpr, NUM_BRANCHES: tl.constexpr, h_ptr, scales_pt
 
 @triton.jit
 def _load_branch(k: tl.constexpr, NUM_BRANCHES: tl.constexpr, h_ptr, scales_ptr, offsets, in_bounds, acc_type):
-    """(s_k, h_k) as acc_type, zeros past the last branch."""
+    """(s_k, h_k) as acc_type, zeros past the last branch; h_k is not read without h_ptr (no contribution wanted)."""
     scale = 0
     value = 0
     if k < NUM_BRANCHES:
         scale = tl.load(scales_ptr + k)
-        value = _load(h_ptr + offsets, in_bounds, acc_type)
+        if h_ptr is not None:
+            value = _load(h_ptr + offsets, in_bounds, acc_type)
     return scale, value
 
 
 @triton.jit
 def _branch_gradients(
-    k: tl.constexpr, NUM_BRANCHES: tl.constexpr, scaled_h, dz, grad_h_ptr, partials_ptr, row_stride, offsets, mask
+    k: tl.constexpr, NUM_BRANCHES: tl.constexpr, scaled_h, dz, grad_h_ptr, partials_ptr, pid, row_stride, offsets, mask
 ):
-    """grad h_k = s_k * dz, and stage one of c_k's reduction: this program's partial (partials_ptr is
-    its column), no atomics."""
+    """grad h_k = s_k * dz, and, with partials_ptr (the contributions are wanted), stage one of c_k's
+    reduction: this program's partial in its column pid, no atomics."""
     if k < NUM_BRANCHES:
         scale, h = scaled_h
-        tl.store(partials_ptr + k * row_stride, tl.sum(dz * h, axis=0))
+        if partials_ptr is not None:
+            tl.store(partials_ptr + pid + k * row_stride, tl.sum(dz * h, axis=0))
         _store(grad_h_ptr + offsets, scale * dz, mask)
 
 
@@ -190,15 +192,14 @@ def _aggregate_backward_kernel(
     h7 = _load_branch(7, NUM_BRANCHES, h7_ptr, scales_ptr, offsets, in_bounds, acc_type)
     if grad_x_ptr is not None:
         _store(grad_x_ptr + offsets, dz, in_bounds)
-    column = partials_ptr + pid
-    _branch_gradients(0, NUM_BRANCHES, h0, dz, grad_h0_ptr, column, partials_row_stride, offsets, in_bounds)
-    _branch_gradients(1, NUM_BRANCHES, h1, dz, grad_h1_ptr, column, partials_row_stride, offsets, in_bounds)
-    _branch_gradients(2, NUM_BRANCHES, h2, dz, grad_h2_ptr, column, partials_row_stride, offsets, in_bounds)
-    _branch_gradients(3, NUM_BRANCHES, h3, dz, grad_h3_ptr, column, partials_row_stride, offsets, in_bounds)
-    _branch_gradients(4, NUM_BRANCHES, h4, dz, grad_h4_ptr, column, partials_row_stride, offsets, in_bounds)
-    _branch_gradients(5, NUM_BRANCHES, h5, dz, grad_h5_ptr, column, partials_row_stride, offsets, in_bounds)
-    _branch_gradients(6, NUM_BRANCHES, h6, dz, grad_h6_ptr, column, partials_row_stride, offsets, in_bounds)
-    _branch_gradients(7, NUM_BRANCHES, h7, dz, grad_h7_ptr, column, partials_row_stride, offsets, in_bounds)
+    _branch_gradients(0, NUM_BRANCHES, h0, dz, grad_h0_ptr, partials_ptr, pid, partials_row_stride, offsets, in_bounds)
+    _branch_gradients(1, NUM_BRANCHES, h1, dz, grad_h1_ptr, partials_ptr, pid, partials_row_stride, offsets, in_bounds)
+    _branch_gradients(2, NUM_BRANCHES, h2, dz, grad_h2_ptr, partials_ptr, pid, partials_row_stride, offsets, in_bounds)
+    _branch_gradients(3, NUM_BRANCHES, h3, dz, grad_h3_ptr, partials_ptr, pid, partials_row_stride, offsets, in_bounds)
+    _branch_gradients(4, NUM_BRANCHES, h4, dz, grad_h4_ptr, partials_ptr, pid, partials_row_stride, offsets, in_bounds)
+    _branch_gradients(5, NUM_BRANCHES, h5, dz, grad_h5_ptr, partials_ptr, pid, partials_row_stride, offsets, in_bounds)
+    _branch_gradients(6, NUM_BRANCHES, h6, dz, grad_h6_ptr, partials_ptr, pid, partials_row_stride, offsets, in_bounds)
+    _branch_gradients(7, NUM_BRANCHES, h7, dz, grad_h7_ptr, partials_ptr, pid, partials_row_stride, offsets, in_bounds)
 
 
 def _device_of(t: torch.Tensor):
@@ -285,38 +286,40 @@ def residual_aggregate_triton_backward(
     """(grad_x, grad_branches, contributions) by the Triton backward kernel.
 
     With dz = grad_out * act'(out): grad_x = dz, grad_branches[k] = mask[k]*gates[k]*dz and
-    contributions[k] = sum(dz * branches[k]) in fp32 (fp64 for fp64), for every slot. The
-    contributions are reduced deterministically: per-program partials, then a fixed-order sum.
+    contributions[k] = sum(dz * branches[k]) in fp32 (fp64 for fp64), for every slot; K is gates'
+    length, and with no branches given (no contribution wanted) none is read and contributions is
+    empty. The contributions are reduced deterministically: per-program partials, then a fixed-order sum.
     """
-    check_inputs(out, branches, gates, mask, activation, x_name="out")
+    K = backward_branch_count(branches, gates)
+    check_inputs(out, branches, gates, mask, activation, x_name="out", num_branches=K)
     check_like("grad_out", grad_out, "out", out)
     _check_device(out)
     grad_x = torch.empty_like(out)
     out, grad_out = _in_layout_of(out, grad_x), _in_layout_of(grad_out, grad_x)
     branches = [_in_layout_of(h, grad_x) for h in branches]
     scales = _slot_scales(out.dtype, gates, mask)
-    grad_branches = [torch.empty_like(out) for _ in branches]
+    grad_branches = [torch.empty_like(out) for _ in range(K)]
     n_elements = out.numel()
     # One column per program, each written by its program for every branch.
     num_programs = triton.cdiv(n_elements, BLOCK)
     partials = torch.empty((len(branches), num_programs), dtype=scales.dtype, device=out.device)
     if n_elements > 0:
         with _device_of(out):
-            for i, slots in enumerate(_passes(len(branches))):
+            for i, slots in enumerate(_passes(K)):
                 first = i == 0
                 # grad_x holds dz exactly (masking grad_out never rounds), so later passes read it
                 # as their incoming gradient, with the activation already applied.
                 wrap_triton(_aggregate_backward_kernel)[(num_programs,)](
                     grad_x if first else None,
                     *_padded(grad_branches[slots]),
-                    partials[slots],
+                    partials[slots] if branches else None,
                     grad_out if first else grad_x,
                     out,
                     *_padded(branches[slots]),
                     scales[slots],
                     n_elements,
                     partials.stride(0),
-                    NUM_BRANCHES=len(branches[slots]),
+                    NUM_BRANCHES=len(grad_branches[slots]),
                     RELU=first and activation == "relu",
                     BLOCK=BLOCK,
                     num_warps=WARPS,
