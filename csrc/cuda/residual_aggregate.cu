@@ -267,9 +267,10 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> residual_aggregate_b
   } else {
     const auto dtype = out.scalar_type();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "residual_aggregate_backward_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
       const std::vector<at::Tensor> ends{ops.grad_out, ops.out, ops.grad_x};
       const int alignment = common_alignment<scalar_t>({&ends, &ops.branches, &ops.grad_branches});
-      const auto scales = scales_of<at::opmath_type<scalar_t>>(ops.gates, ops.mask);
+      const auto scales = scales_of<acc_t>(ops.gates, ops.mask);
       with_vector_width<scalar_t>(alignment, [&](auto vec) {
         constexpr int kVec = decltype(vec)::value;
         if (ops.activation == Activation::kRelu) {
